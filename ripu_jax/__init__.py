@@ -1,0 +1,3 @@
+"""ripu_jax: active domain adaptation for semantic segmentation in JAX/Flax."""
+
+__version__ = "0.1.0"
