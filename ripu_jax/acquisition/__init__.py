@@ -1,0 +1,20 @@
+"""RIPU's acquisition engine: feed logits, get the regions (or pixels) to label.
+
+  scores = ripu_scores(logits, radius=1, mode="region")
+  selection = greedy_select(scores.score, num_picks=1026, label_radius=1, suppress_radius=2)
+
+or, for a whole round on a device mesh, `select_round(logits, plan=plan_round(...))`.
+"""
+
+from ripu_jax.acquisition.budgets import pixels_per_round, regions_per_round
+from ripu_jax.acquisition.greedy import Selection, greedy_select
+from ripu_jax.acquisition.scores import Scores, pixel_stats, ripu_scores, upsample_logits
+from ripu_jax.acquisition.selection_round import RoundPlan, default_mesh, plan_round, select_round
+from ripu_jax.acquisition.strategies import (available_strategies, get_strategy,
+                                             register_strategy)
+
+__all__ = [
+    "RoundPlan", "Scores", "Selection", "available_strategies", "default_mesh", "get_strategy",
+    "greedy_select", "pixel_stats", "pixels_per_round", "plan_round", "regions_per_round",
+    "register_strategy", "ripu_scores", "select_round", "upsample_logits",
+]

@@ -1,0 +1,123 @@
+"""One selection round over a batch of images, data-parallel over a device mesh.
+
+Logits come in at the network's resolution, are upsampled on device to the label size,
+scored by a registered strategy and turned into picks by the exact greedy selection. Only
+picks and masks come back to the host. The batch is sharded over the mesh's "data" axis:
+scoring is per image, so `jax.jit` with NamedSharding partitions it without communication;
+the greedy loop is sequential per image, so it runs per device under `shard_map`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ripu_jax import image_ops
+from ripu_jax.acquisition import budgets
+from ripu_jax.acquisition.greedy import Selection, select_batch
+from ripu_jax.acquisition.scores import (raise_if_not_finite, validate_logits, validate_mode,
+                                         validate_radius)
+from ripu_jax.acquisition.strategies import get_strategy
+
+DATA_AXIS = "data"
+KINDS = ("ra", "pa")
+
+
+class RoundPlan(NamedTuple):
+  """What one round picks per image, in the method's terms."""
+  num_picks: int
+  radius: int  # k of the impurity (and, in region mode, uncertainty) window
+  mode: str  # "region" (RA) or "pixel" (PA)
+  label_radius: int  # labelled square around a pick: k for RA, 0 for PA
+  suppress_radius: int  # excluded square around a pick: 2k for RA, k for PA
+
+
+def plan_round(kind: str, height: int, width: int, *, radius: int, rounds: int,
+               ratio: float | None = None, pixels: int | None = None) -> RoundPlan:
+  """The release's round for RA (`ratio` of pixels in total) or PA (`pixels` per image)."""
+  radius = validate_radius(radius)
+  if kind == "ra":
+    if ratio is None:
+      raise ValueError("RA needs `ratio`, the total labelled fraction (e.g. 0.022)")
+    num = budgets.regions_per_round(height, width, ratio, rounds, radius)
+    return RoundPlan(num, radius, "region", radius, 2 * radius)
+  if kind == "pa":
+    if pixels is None:
+      raise ValueError("PA needs `pixels`, the total labelled pixels per image (e.g. 40)")
+    num = budgets.pixels_per_round(height, width, pixels, rounds)
+    return RoundPlan(num, radius, "pixel", 0, radius)
+  raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def default_mesh() -> Mesh:
+  """A 1-D mesh named "data" over all local devices (automatic sharding propagation)."""
+  return jax.make_mesh((jax.local_device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int], plan: RoundPlan):
+  strategy = get_strategy(strategy_name)
+  batch = NamedSharding(mesh, P(DATA_AXIS))
+  replicated = NamedSharding(mesh, P())
+  select = functools.partial(select_batch, num_picks=plan.num_picks,
+                             label_radius=plan.label_radius,
+                             suppress_radius=plan.suppress_radius)
+  select_per_device = jax.shard_map(select, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)),
+                                    out_specs=P(DATA_AXIS), check_vma=False)
+
+  def run(logits, excluded, image_ids, seed):
+    finite = jnp.all(jnp.isfinite(logits), axis=(1, 2, 3))
+    logits = image_ops.resize_bilinear(logits.astype(jnp.float32), label_size)
+    base = jax.random.key(seed)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(image_ids)
+    score = strategy(logits, radius=plan.radius, mode=plan.mode, keys=keys)
+    score = jnp.where(jnp.isnan(score), -jnp.inf, score)
+    score = jax.lax.with_sharding_constraint(score, batch)
+    return select_per_device(score, excluded), finite
+
+  return jax.jit(run, in_shardings=(batch, batch, batch, replicated),
+                 out_shardings=(Selection(batch, batch, batch), batch))
+
+
+def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
+                 label_size: tuple[int, int] | None = None, excluded=None, image_ids=None,
+                 seed: int = 0, image_names=None, mesh: Mesh | None = None) -> Selection:
+  """Scores and selects on a batch of logits [B, h, w, C]; returns numpy picks and masks.
+
+  label_size: (H, W) at which regions are scored and labelled (default: the logits' size).
+  excluded: bool [B, H, W], pixels labelled or suppressed in earlier rounds.
+  image_ids: int [B], each image's index in its dataset (seeds "random" per image; defaults to
+  0..B-1). The batch must divide evenly over the mesh's devices.
+  """
+  validate_logits(logits)
+  mode = validate_mode(plan.mode)
+  del mode
+  mesh = mesh or default_mesh()
+  batch = logits.shape[0]
+  devices = mesh.shape[DATA_AXIS]
+  if batch % devices:
+    raise ValueError(f"batch of {batch} images does not split over {devices} devices; "
+                     f"use a batch size that is a multiple of {devices}")
+  label_size = tuple(int(v) for v in (label_size or logits.shape[1:3]))
+  if len(label_size) != 2 or min(label_size) < 1:
+    raise ValueError(f"label_size must be (height, width), got {label_size!r}")
+  if excluded is None:
+    excluded = np.zeros((batch, *label_size), bool)
+  if tuple(excluded.shape) != (batch, *label_size) or excluded.dtype != bool:
+    raise ValueError(f"excluded must be bool of shape {(batch, *label_size)}, got "
+                     f"{excluded.dtype} {tuple(excluded.shape)}")
+  if image_ids is None:
+    image_ids = np.arange(batch, dtype=np.int32)
+  image_ids = np.asarray(image_ids, np.int32)
+  if image_ids.shape != (batch,):
+    raise ValueError(f"image_ids must have shape ({batch},), got {image_ids.shape}")
+  run = _compiled_round(mesh, strategy, label_size, RoundPlan(*plan))
+  selection, finite = run(logits, excluded, image_ids, np.int32(seed))
+  raise_if_not_finite(finite, image_names)
+  return Selection(*(np.asarray(x) for x in selection))

@@ -1,0 +1,110 @@
+"""Acquisition strategies, chosen by name from a registry.
+
+A strategy maps a batch of logits [B, H, W, C] at label resolution to a score map
+[B, H, W] (higher is picked first). Every strategy is traceable (it runs inside the jitted,
+sharded selection round) and gets the same arguments:
+
+  radius: the region radius k; mode: "region" (RA) or "pixel" (PA);
+  keys: one PRNG key per image (derived from the image's index in the dataset, so results do
+  not depend on how the batch is split over devices).
+
+In region mode a baseline's pixel value is averaged over the (2k+1)^2 window, as RIPU's
+uncertainty is; "random" is not averaged (an average of noise is still noise). New
+strategies (a two-head discrepancy, a multi-view entropy) register with
+`@register_strategy("name")`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from ripu_jax.acquisition import scores as scores_lib
+
+
+class Strategy(Protocol):
+
+  def __call__(self, logits: jax.Array, *, radius: int, mode: str, keys: jax.Array) -> jax.Array:
+    ...
+
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
+  """Decorator adding a strategy to the registry under `name`."""
+  def add(fn: Strategy) -> Strategy:
+    if name in _REGISTRY:
+      raise ValueError(f"strategy {name!r} is already registered")
+    _REGISTRY[name] = fn
+    return fn
+  return add
+
+
+def get_strategy(name: str) -> Strategy:
+  try:
+    return _REGISTRY[name]
+  except KeyError:
+    raise ValueError(
+        f"unknown acquisition strategy {name!r}; available: {', '.join(available_strategies())}"
+    ) from None
+
+
+def available_strategies() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def _normalised(values: jax.Array, num_classes: int) -> jax.Array:
+  return values / math.log(num_classes)
+
+
+def _pixel_or_window(values: jax.Array, radius: int, mode: str) -> jax.Array:
+  return scores_lib.window_mean(values, radius) if mode == "region" else values
+
+
+@register_strategy("ripu")
+def ripu(logits, *, radius, mode, keys):
+  """Region impurity x prediction uncertainty."""
+  del keys
+  return scores_lib.ripu_scores_traced(logits, radius, mode)[0].score
+
+
+@register_strategy("impurity")
+def impurity(logits, *, radius, mode, keys):
+  """Region impurity alone (the paper's ablation)."""
+  del mode, keys
+  label = scores_lib.pixel_stats(logits).label
+  return _normalised(scores_lib.region_impurity(label, logits.shape[-1], radius), logits.shape[-1])
+
+
+@register_strategy("uncertainty")
+def uncertainty(logits, *, radius, mode, keys):
+  """Prediction uncertainty alone: RIPU's U (window mean of entropy in region mode)."""
+  del keys
+  entropy = scores_lib.pixel_stats(logits).entropy
+  return _normalised(_pixel_or_window(entropy, radius, mode), logits.shape[-1])
+
+
+@register_strategy("entropy")
+def entropy(logits, *, radius, mode, keys):
+  """ENT baseline: softmax entropy (window mean in region mode; then it equals U)."""
+  return uncertainty(logits, radius=radius, mode=mode, keys=keys)
+
+
+@register_strategy("confidence")
+def confidence(logits, *, radius, mode, keys):
+  """SCONF baseline: 1 - max softmax probability (window mean in region mode)."""
+  del keys
+  least_confident = 1.0 - scores_lib.pixel_stats(logits).max_prob
+  return _pixel_or_window(least_confident, radius, mode)
+
+
+@register_strategy("random")
+def random(logits, *, radius, mode, keys):
+  """RAND baseline: uniform scores from each image's own key."""
+  del radius, mode
+  shape = logits.shape[1:3]
+  return jax.vmap(lambda key: jax.random.uniform(key, shape, jnp.float32))(keys)
