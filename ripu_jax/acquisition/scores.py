@@ -299,9 +299,8 @@ def ripu_scores_traced(logits: jax.Array, radius: int, mode: str) -> tuple[Score
 
 @functools.partial(jax.jit, static_argnames=("radius", "mode"))
 def _ripu_scores_jit(logits, radius, mode):
-  scores, stats = ripu_scores_traced(logits, radius, mode)
-  finite = jnp.all(jnp.isfinite(stats.entropy), axis=(1, 2))
-  return scores, finite
+  scores, _ = ripu_scores_traced(logits, radius, mode)
+  return scores, jnp.all(jnp.isfinite(logits), axis=(1, 2, 3))
 
 
 def ripu_scores(logits, *, radius: int, mode: str, image_names=None) -> Scores:
