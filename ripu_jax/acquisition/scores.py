@@ -12,9 +12,8 @@ in-image pixels. How the work is laid out (measured on XLA CPU, see README "Acqu
 
 * Class reductions are written as chains over the class axis: XLA CPU reduces a short
   innermost axis far slower than it adds C slices.
-* The entropy needs one log per pixel, not one per class:
-  -sum p log p = lse(z) - sum p z, and the release's 1e-6 inside the log is restored by a
-  rational approximation of p log(1 + 1e-6 / p) (error < 1e-7 nats per class).
+* Per-pixel maps (entropy, label) are materialised behind a loop boundary before window
+  code reads them; otherwise XLA recomputes them from the logits at every read.
 * The impurity uses -sum q log(q + eps) = log N - (1/N) sum n log(n + eps N) on integer
   window counts n, so its logs act on exact counts.
 * Small windows are summed directly from shifted slices (one fused pass). Large windows use a
@@ -100,13 +99,23 @@ def _class_slices(x: jax.Array) -> list[jax.Array]:
   return [x[..., c] for c in range(x.shape[-1])]
 
 
-def pixel_stats(logits: jax.Array) -> PixelStats:
-  """Entropy, pseudo label and max probability per pixel.
+def materialized(fn, *args):
+  """fn(*args), computed as its own loop so XLA cannot fuse it into the consumers.
 
-  Three passes over the classes (maximum, softmax normaliser, entropy). Optimization
-  barriers keep each pass one fused loop: without them XLA materialises per-class
-  intermediates and the pass costs ~6x more.
+  XLA CPU fuses cheap-looking producers into every consumer, recomputing them per read: a
+  window sum reading a pixel's entropy 9 times would redo 19 exps 9 times. A while loop is a
+  fusion boundary; its trip count (1, or 2 if the first input is NaN: same result) is data
+  dependent so XLA cannot unroll it away.
   """
+  first = jnp.ravel(args[0])[0]
+  trips = 1 + (first != first).astype(jnp.int32)
+  shapes = jax.eval_shape(fn, *args)
+  init = (jnp.int32(0), jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes))
+  return lax.while_loop(lambda state: state[0] < trips,
+                        lambda state: (state[0] + 1, fn(*args)), init)[1]
+
+
+def _pixel_stats(logits: jax.Array) -> PixelStats:
   x = logits.astype(jnp.float32)
   z = _class_slices(x)
   top = z[0]
@@ -122,6 +131,15 @@ def pixel_stats(logits: jax.Array) -> PixelStats:
     p = jnp.exp(zc - top) * inv_total
     entropy = entropy - p * jnp.log(p + EPS)
   return PixelStats(entropy=entropy, label=label, max_prob=inv_total)
+
+
+def pixel_stats(logits: jax.Array) -> PixelStats:
+  """Entropy (the release's formula), pseudo label and max probability per pixel.
+
+  Three passes over the classes (maximum, softmax normaliser, entropy), each a fused loop
+  over strided class slices; the maps are materialised for the window code that reads them.
+  """
+  return materialized(_pixel_stats, logits)
 
 
 def window_counts(height: int, width: int, radius: int) -> tuple[np.ndarray, np.ndarray]:

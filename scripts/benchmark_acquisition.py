@@ -1,0 +1,234 @@
+"""Times RIPU's acquisition step: ripu_jax against a release-style version and the floor.
+
+  python scripts/benchmark_acquisition.py                    # full table (minutes)
+  python scripts/benchmark_acquisition.py --sizes 256x512 --runs 3 --baseline-pa-runs 1
+
+For each image size and case (RA k=1 at 2.2% and 5% of pixels over 5 rounds; PA k=25 and
+k=32 with 40 pixels over 5 rounds), on the same logits (C = 19, one image):
+
+* ripu_jax: score pass, greedy selection, and the whole round in one jitted call (all in);
+  medians of --runs timed runs after one warm-up (compilation excluded).
+* release-style: box sums as depthwise convolutions (`lax.conv_general_dilated`, as the
+  release's conv2d) and one full-map arg-max per pick (numpy loop), written from the method
+  description. Its picks are checked against ripu_jax's greedy on the same score map.
+* floor: the softmax-entropy pass alone (it reads the logits once).
+
+Memory: XLA's buffer assignment of the jitted round (temporaries + outputs), compared with
+the logits' size. Prints a markdown table and writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+from ripu_jax import acquisition
+from ripu_jax.acquisition import greedy as greedy_lib
+from ripu_jax.acquisition import scores as scores_lib
+
+NUM_CLASSES = 19
+CASES = [  # name, kind, radius, ratio or pixels
+    ("RA k=1 2.2%", "ra", 1, 0.022),
+    ("RA k=1 5%", "ra", 1, 0.05),
+    ("PA k=25 40px", "pa", 25, 40),
+    ("PA k=32 40px", "pa", 32, 40),
+]
+
+
+def realistic_logits(height: int, width: int, seed: int = 0) -> jax.Array:
+  """Coherent class regions (low-res logits upsampled, as a segmentation net's) plus noise."""
+  key_coarse, key_noise = jax.random.split(jax.random.key(seed))
+  coarse = jax.random.normal(key_coarse, (1, height // 16, width // 16, NUM_CLASSES)) * 4.0
+  logits = acquisition.upsample_logits(coarse, (height, width))
+  logits = logits + 0.3 * jax.random.normal(key_noise, logits.shape)
+  return jax.block_until_ready(logits)
+
+
+def timed(fn, runs: int) -> tuple[float, object]:
+  """Median wall time in ms over `runs` calls after one warm-up call."""
+  result = jax.block_until_ready(fn())
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    result = jax.block_until_ready(fn())
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times), result
+
+
+# ----------------------------------------------------------------------------------------
+# Release-style implementation: convolutions for window sums, a full arg-max per pick.
+
+def _box_conv(x: jax.Array, radius: int) -> jax.Array:
+  """Zero-padded (2r+1)^2 box sum of [1, H, W, K] as a depthwise convolution."""
+  channels = x.shape[-1]
+  side = 2 * radius + 1
+  kernel = jnp.ones((side, side, 1, channels), x.dtype)
+  return lax.conv_general_dilated(x, kernel, (1, 1), [(radius, radius)] * 2,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  feature_group_count=channels)
+
+
+@jax.jit(static_argnames=("radius", "mode"))
+def release_style_score(logits, radius, mode):
+  p = jax.nn.softmax(logits, axis=-1)
+  entropy = -jnp.sum(p * jnp.log(p + 1e-6), axis=-1, keepdims=True)
+  onehot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), NUM_CLASSES, dtype=jnp.float32)
+  counts = _box_conv(onehot, radius)
+  area = _box_conv(jnp.ones_like(entropy), radius)
+  q = counts / area
+  impurity = -jnp.sum(q * jnp.log(q + 1e-6), axis=-1) / math.log(NUM_CLASSES)
+  if mode == "region":
+    uncertainty = _box_conv(entropy, radius)[..., 0] / area[..., 0]
+  else:
+    uncertainty = entropy[..., 0]
+  return impurity * uncertainty / math.log(NUM_CLASSES)
+
+
+def release_style_select(score: np.ndarray, num_picks: int, suppress_radius: int) -> list:
+  """One full-map arg-max per pick: first max per column, then the first column."""
+  work = np.array(score, np.float32)
+  height, width = work.shape
+  picks = []
+  for _ in range(num_picks):
+    best_rows = work.argmax(axis=0)
+    col = int(work[best_rows, np.arange(width)].argmax())
+    row = int(best_rows[col])
+    if work[row, col] == -np.inf:
+      break
+    picks.append((row, col))
+    work[max(row - suppress_radius, 0):row + suppress_radius + 1,
+         max(col - suppress_radius, 0):col + suppress_radius + 1] = -np.inf
+  return picks
+
+
+# ----------------------------------------------------------------------------------------
+
+def memory_bytes(fn, *args) -> int:
+  analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+  return int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
+
+
+def bench_case(logits, name, kind, radius, budget, args) -> dict:
+  _, height, width, _ = logits.shape
+  plan = acquisition.plan_round(kind, height, width, radius=radius, rounds=5,
+                                ratio=budget if kind == "ra" else None,
+                                pixels=budget if kind == "pa" else None)
+  excluded = jnp.zeros((1, height, width), bool)
+  strategy = acquisition.get_strategy("ripu")
+  keys = jax.random.key(0)[None]
+
+  def score_fn(x):
+    return strategy(x, radius=plan.radius, mode=plan.mode, keys=keys)
+
+  def select_fn(score):
+    return greedy_lib.select_batch(score, excluded, num_picks=plan.num_picks,
+                                   label_radius=plan.label_radius,
+                                   suppress_radius=plan.suppress_radius)
+
+  def round_fn(x):
+    return select_fn(score_fn(x))
+
+  score_jit, select_jit, round_jit = jax.jit(score_fn), jax.jit(select_fn), jax.jit(round_fn)
+  score_ms, score = timed(lambda: score_jit(logits), args.runs)
+  select_ms, _ = timed(lambda: select_jit(score), args.runs)
+  total_ms, selection = timed(lambda: round_jit(logits), args.runs)
+  row = {
+      "case": name, "size": f"{height}x{width}", "picks_per_image": plan.num_picks,
+      "ripu_jax_score_ms": score_ms, "ripu_jax_select_ms": select_ms,
+      "ripu_jax_total_ms": total_ms,
+      "ripu_jax_extra_memory_bytes": memory_bytes(round_fn, logits),
+      "logits_bytes": int(logits.size * logits.dtype.itemsize),
+      "picks_made": int((np.asarray(selection.picks)[0, :, 0] >= 0).sum()),
+  }
+  baseline_runs = args.baseline_pa_runs if kind == "pa" else args.baseline_runs
+  if baseline_runs > 0:
+    base_score_ms, base_score = timed(
+        lambda: release_style_score(logits, plan.radius, plan.mode), baseline_runs)
+    base_score = np.asarray(base_score)[0]
+    base_select_ms, base_picks = timed(
+        lambda: release_style_select(base_score, plan.num_picks, plan.suppress_radius),
+        baseline_runs)
+    ours_on_base = greedy_lib.select_batch(jnp.asarray(base_score)[None], excluded,
+                                           num_picks=plan.num_picks,
+                                           label_radius=plan.label_radius,
+                                           suppress_radius=plan.suppress_radius)
+    ours_picks = [tuple(p) for p in np.asarray(ours_on_base.picks)[0].tolist() if p[0] >= 0]
+    row.update({
+        "release_style_score_ms": base_score_ms, "release_style_select_ms": base_select_ms,
+        "release_style_total_ms": base_score_ms + base_select_ms,
+        "release_style_runs": baseline_runs,
+        "same_picks_on_release_scores": ours_picks == base_picks,
+        "max_abs_score_diff_vs_release_style": float(np.max(np.abs(
+            np.asarray(score)[0] - base_score))),
+    })
+  return row
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--sizes", default="640x1280,1024x2048")
+  parser.add_argument("--runs", type=int, default=5, help="timed runs of ripu_jax (>= 3)")
+  parser.add_argument("--baseline-runs", type=int, default=3,
+                      help="timed runs of the release-style RA version (0 skips it)")
+  parser.add_argument("--baseline-pa-runs", type=int, default=1,
+                      help="timed runs of the release-style PA version (minutes each; 0 skips)")
+  parser.add_argument("--out", default="benchmarks/acquisition.json")
+  args = parser.parse_args()
+  if args.runs < 3:
+    parser.error("--runs must be at least 3 (the table reports medians)")
+
+  rows, floors = [], {}
+  for size in args.sizes.split(","):
+    height, width = (int(v) for v in size.lower().split("x"))
+    logits = realistic_logits(height, width)
+    floor_fn = jax.jit(lambda x: scores_lib.pixel_stats(x).entropy)
+    floors[size] = timed(lambda: floor_fn(logits), args.runs)[0]
+    for name, kind, radius, budget in CASES:
+      row = bench_case(logits, name, kind, radius, budget, args)
+      row["floor_entropy_ms"] = floors[size]
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+
+  header = ("| size | case | picks | ripu_jax score | select | all in | extra mem / logits "
+            "| release-style score | select | total | floor (entropy) |")
+  lines = [header, "|" + "---|" * 11]
+  for r in rows:
+    base = (f"{r['release_style_score_ms']:.0f} ms | {r['release_style_select_ms']:.0f} ms | "
+            f"{r['release_style_total_ms'] / 1e3:.2f} s"
+            + ("" if r["same_picks_on_release_scores"] else " (picks differ!)")
+            if "release_style_total_ms" in r else "skipped | skipped | skipped")
+    lines.append(
+        f"| {r['size']} | {r['case']} | {r['picks_per_image']} | "
+        f"{r['ripu_jax_score_ms']:.0f} ms | {r['ripu_jax_select_ms']:.0f} ms | "
+        f"**{r['ripu_jax_total_ms']:.0f} ms** | "
+        f"{r['ripu_jax_extra_memory_bytes'] / r['logits_bytes']:.2f}x | {base} | "
+        f"{r['floor_entropy_ms']:.0f} ms |")
+  table = "\n".join(lines)
+  print()
+  print(table)
+  meta = {
+      "command": "python scripts/benchmark_acquisition.py " + " ".join(
+          f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+      "jax": jax.__version__, "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+      "machine": platform.processor() or platform.machine(),
+      "timing": "median of --runs calls after a warm-up call, one image, wall clock",
+  }
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"meta": meta, "rows": rows, "table": table}, f, indent=1)
+  print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
