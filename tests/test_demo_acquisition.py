@@ -17,7 +17,9 @@ def test_demo_runs_and_targets_errors(tmp_path):
   summary = json.loads((tmp_path / "summary.json").read_text())
   ripu, rand = summary["rounds"]["ripu"], summary["rounds"]["random"]
   assert len(ripu) == len(rand) == 2
-  assert ripu[-1]["labelled_fraction"] == rand[-1]["labelled_fraction"] > 0
+  # Same budget (squares clipped at the image border make areas differ slightly).
+  assert abs(ripu[-1]["labelled_fraction"] - rand[-1]["labelled_fraction"]) < 0.001
+  assert ripu[-1]["labelled_fraction"] > 0.005
   # Region impurity x uncertainty concentrates labels where the model is wrong.
   assert ripu[-1]["labelled_on_model_errors"] > 2 * rand[-1]["labelled_on_model_errors"]
   assert sorted(p.name for p in tmp_path.glob("overlay_*.png")) == [

@@ -1,0 +1,215 @@
+"""TFDS builders for GTAV, SYNTHIA, Cityscapes and the synthetic benchmark.
+
+All four store the same features: "image" (RGB PNG at original resolution), "label" (train ids,
+255 = ignore, PNG) and "name" (the original image file name), written as ArrayRecord for random
+access. Records keep the sorted order of the source files (shuffling belongs to the input
+pipeline), which lets the per-split metadata (`metadata.json`) index images by position: for
+each image a bit mask of the classes it contains and the label size, plus per-class pixel
+totals. The metadata is computed from the decoded labels themselves.
+
+TFDS writes into a temporary folder and renames it only after every split was written, so an
+interrupted or failed preparation never leaves a readable dataset behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import logging
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+import tqdm
+
+from ripu_jax.data import labels as labels_lib
+from ripu_jax.data import manual
+from ripu_jax.data import reader
+from ripu_jax.data import synthetic as synthetic_lib
+
+# Progress bars of example generation; `prepare` turns them on for interactive use.
+SHOW_PROGRESS = {"enabled": False}
+
+
+def _features() -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+      "label": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+      "name": tfds.features.Text(),
+  })
+
+
+class _SplitStatistics:
+  """Accumulates the per-image class index and label sizes of one split."""
+
+  def __init__(self):
+    self.presence_bits: list[int] = []
+    self.label_shapes: list[list[int]] = []
+    self.pixel_counts = np.zeros(labels_lib.NUM_CLASSES, np.int64)
+    self._weights = 1 << np.arange(labels_lib.NUM_CLASSES, dtype=np.int64)
+
+  def add(self, train_ids: np.ndarray) -> None:
+    counts = labels_lib.pixel_counts(train_ids)
+    self.pixel_counts += counts
+    self.presence_bits.append(int(np.sum(self._weights[counts > 0])))
+    self.label_shapes.append([int(train_ids.shape[0]), int(train_ids.shape[1])])
+
+  def as_metadata(self) -> dict:
+    return {
+        "num_examples": len(self.presence_bits),
+        "class_presence": self.presence_bits,
+        "label_shapes": self.label_shapes,
+        "pixel_counts": self.pixel_counts.tolist(),
+        "class_names": list(labels_lib.CLASS_NAMES),
+    }
+
+
+class _LocalCode:
+  """Mixin: these builders ship no checksum files next to their code.
+
+  TFDS looks for them through `code_path`, whose lookup for builders inside a package needs
+  the `importlib_resources` backport on Python >= 3.9; declaring no code path skips it.
+  """
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    return None
+
+
+def _progress(iterable, total: int, description: str):
+  return tqdm.tqdm(iterable, total=total, desc=description, unit=" img",
+                   disable=not SHOW_PROGRESS["enabled"], dynamic_ncols=True)
+
+
+class _ManualSegmentationBuilder(_LocalCode, tfds.core.GeneratorBasedBuilder,
+                                 skip_registration=True):
+  """Shared logic: find image/label pairs in the manual dir, validate, write."""
+
+  VERSION = tfds.core.Version(reader.VERSION)
+  RELEASE_NOTES = {reader.VERSION: "Train ids (255 = ignore), original resolution, class index."}
+  HOMEPAGE = ""
+  DESCRIPTION = ""
+  # Source datasets tolerate image/label size mismatches (a few GTAV pairs have them; the
+  # pipeline resizes both to the training size); target datasets must be aligned.
+  ALLOW_SIZE_MISMATCH = True
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.DESCRIPTION,
+        features=_features(),
+        homepage=self.HOMEPAGE,
+        metadata=tfds.core.MetadataDict(),
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    root = manual.check_manual_dir(self.name, dl_manager.manual_dir)
+    tree = manual.FileTree(root)
+    splits = manual.FINDERS[self.name](tree)
+    return {split: self._generate_examples(tree, pairs, split) for split, pairs in splits.items()}
+
+  def _generate_examples(self, tree: manual.FileTree, pairs: list[manual.Pair], split: str):
+    stats = _SplitStatistics()
+    mismatched = []
+    for index, pair in enumerate(_progress(pairs, len(pairs), f"{self.name} {split}")):
+      image = manual.load_image(tree, pair.image)
+      train_ids = manual.load_train_ids(tree, pair.label, self.name)
+      if (image.height, image.width) != train_ids.shape:
+        if not self.ALLOW_SIZE_MISMATCH:
+          raise manual.CorruptFileError(
+              f"The image {pair.image} is {image.height}x{image.width} but its label "
+              f"{pair.label} is {train_ids.shape[0]}x{train_ids.shape[1]}; one of them is "
+              "wrong, download or extract them again.")
+        mismatched.append(pair.name)
+      stats.add(train_ids)
+      yield index, {
+          "image": image.encoded,
+          "label": Image.fromarray(train_ids),
+          "name": pair.name,
+      }
+    if mismatched:
+      logging.warning("%s %s: %d image(s) differ in size from their label, e.g. %s",
+                             self.name, split, len(mismatched), mismatched[0])
+    self.info.metadata[split] = stats.as_metadata()
+
+
+class Gtav(_ManualSegmentationBuilder):
+  """GTAV: 24,966 game frames, Cityscapes label ids mapped to 19 train ids."""
+
+  name = "gtav"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = manual.GTAV_HELP
+  HOMEPAGE = "https://download.visinf.tu-darmstadt.de/data/from_games/"
+  DESCRIPTION = "GTAV (Playing for Data) with Cityscapes train ids."
+
+
+class Synthia(_ManualSegmentationBuilder):
+  """SYNTHIA-RAND-CITYSCAPES: 9,400 renders, 16 of the 19 Cityscapes classes."""
+
+  name = "synthia"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = manual.SYNTHIA_HELP
+  HOMEPAGE = "https://synthia-dataset.net/"
+  DESCRIPTION = "SYNTHIA-RAND-CITYSCAPES with Cityscapes train ids (16 classes)."
+
+
+class Cityscapes(_ManualSegmentationBuilder):
+  """Cityscapes fine annotations: train 2,975 / val 500, 19 train ids."""
+
+  name = "cityscapes"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = manual.CITYSCAPES_HELP
+  HOMEPAGE = "https://www.cityscapes-dataset.com/"
+  DESCRIPTION = "Cityscapes gtFine with the official 19 train ids."
+  ALLOW_SIZE_MISMATCH = False
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticBuilderConfig(tfds.core.BuilderConfig):
+  """TFDS config of the synthetic benchmark: the generator parameters."""
+
+  generator: synthetic_lib.SyntheticConfig = dataclasses.field(
+      default_factory=synthetic_lib.SyntheticConfig)
+
+  @classmethod
+  def from_generator(cls, generator: synthetic_lib.SyntheticConfig) -> "SyntheticBuilderConfig":
+    return cls(name=generator.name, generator=generator,
+               description=f"Synthetic street scenes: {generator}")
+
+
+class Synthetic(_LocalCode, tfds.core.GeneratorBasedBuilder):
+  """Procedural source/target street scenes (see `ripu_jax.data.synthetic`)."""
+
+  name = "synthetic"
+  VERSION = tfds.core.Version(reader.VERSION)
+  RELEASE_NOTES = {reader.VERSION: "Source train, target train and target val splits."}
+  BUILDER_CONFIGS = [SyntheticBuilderConfig.from_generator(synthetic_lib.SyntheticConfig())]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Procedurally generated street scenes with a synthetic-to-real gap.",
+        features=_features(),
+        metadata=tfds.core.MetadataDict(),
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    return {split: self._generate_examples(split) for split in synthetic_lib.SPLITS}
+
+  def _generate_examples(self, split: str):
+    generator = self.builder_config.generator
+    stats = _SplitStatistics()
+    count = generator.num_examples(split)
+    for index in _progress(range(count), count, f"synthetic {split}"):
+      example = synthetic_lib.generate_example(generator, split, index)
+      stats.add(example["label"])
+      yield index, {
+          "image": Image.fromarray(example["image"]),
+          "label": Image.fromarray(example["label"]),
+          "name": example["name"],
+      }
+    self.info.metadata[split] = stats.as_metadata()
+    self.info.metadata["generator"] = dataclasses.asdict(generator)
+
+
+BUILDERS = {"gtav": Gtav, "synthia": Synthia, "cityscapes": Cityscapes, "synthetic": Synthetic}

@@ -1,0 +1,503 @@
+"""grain input pipelines: source training, target training with active labels, selection, eval.
+
+Every loader reads a *split*: a sequence of examples {"image": uint8 [H, W, 3], "label": uint8
+[H, W], "name": str} such as `open_split(...)` or `SyntheticSplit(...)` returns. Records are
+read encoded (`split.encoded(i)` when available) and decoded, masked, resized, flipped and
+normalised by grain operations, in `worker_count` worker processes (0 = in this process).
+
+Batches are dicts of numpy arrays, NHWC float32 images normalised with the ImageNet mean/std,
+int32 labels with 255 = ignore, and int32 "index" (position of the example in its split).
+Sizes are (height, width). Randomness comes from `seed` and the sample's position in the
+stream only, so two loaders with equal arguments produce equal batches, and an iterator
+restored from `iterator.get_state()` continues exactly where the saved one was. grain batches
+inside each worker process (worker w gets every worker_count-th sample), so the grouping of
+samples into batches depends on `worker_count` (0 and 1 agree); keep it fixed across a resume.
+
+Active labels: the training loop owns the label ledger; `target_train_loader` only reads it
+through `labeled_masks[index]` -> bool [H, W] at the label's full resolution. With
+`worker_count=0` reads are live; with worker processes each worker holds a copy taken when the
+iterator starts, so after a selection round continue with
+`restore_iterator(loader, iterator.get_state())`, which starts workers with the updated masks.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from typing import Any, Protocol, Sequence
+
+from absl import flags
+import grain
+import numpy as np
+from PIL import Image
+
+from ripu_jax.data import labels as labels_lib
+from ripu_jax.data import reader
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+SAMPLINGS = ("class_balanced", "uniform")
+# Sub-epoch of the class-balanced draw: the running class frequency restarts every this many
+# draws, as in the reference implementation.
+DEFAULT_SUB_EPOCH_SIZE = 3000
+
+
+class LabeledMasks(Protocol):
+  """Read-only view of the active-label ledger: True where a target pixel is labelled."""
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    ...
+
+  def __len__(self) -> int:
+    ...
+
+
+# ----------------------------------------------------------------------------- array ops
+
+
+def normalize_image(image: np.ndarray) -> np.ndarray:
+  """uint8 RGB [..., 3] -> float32 (x / 255 - mean) / std with ImageNet statistics."""
+  return (np.asarray(image, np.float32) * np.float32(1.0 / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def denormalize_image(image: np.ndarray) -> np.ndarray:
+  """Inverse of `normalize_image`, back to uint8 (for visualisation)."""
+  pixels = (np.asarray(image, np.float32) * IMAGENET_STD + IMAGENET_MEAN) * 255.0
+  return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Bilinear resize of a uint8 RGB image to (height, width)."""
+  if image.shape[:2] == tuple(size):
+    return image
+  return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize of a uint8 label map to (height, width)."""
+  if label.shape[:2] == tuple(size):
+    return label
+  return np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
+
+
+def _check_size(size, what: str) -> tuple[int, int] | None:
+  if size is None:
+    return None
+  try:
+    height, width = (int(v) for v in size)
+  except (TypeError, ValueError):
+    raise ValueError(f"{what} must be (height, width), got {size!r}") from None
+  if height < 1 or width < 1:
+    raise ValueError(f"{what} must be positive, got {size!r}")
+  return height, width
+
+
+def _check_batch_size(batch_size: int, num_devices: int | None) -> int:
+  if num_devices is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    num_devices = jax.local_device_count()
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if batch_size % num_devices:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the {num_devices} devices; "
+                     "use a multiple so every device gets the same share")
+  return num_devices
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _record(split, index: int) -> dict:
+  encoded = getattr(split, "encoded", None)
+  return dict(encoded(index) if encoded is not None else split[index])
+
+
+class _IndexedRecords:
+  """Random-access source of encoded records tagged with their index in the split."""
+
+  def __init__(self, split):
+    self._split = split
+
+  def __len__(self) -> int:
+    return len(self._split)
+
+  def __getitem__(self, index) -> dict:
+    record = _record(self._split, int(index))
+    record["index"] = np.int32(index)
+    return record
+
+  def __repr__(self) -> str:
+    return f"_IndexedRecords({self._split!r})"
+
+
+class _PaddedRecords:
+  """Pads a split to `length` by repeating its last record with valid=False."""
+
+  def __init__(self, split, length: int):
+    self._split = split
+    self._length = length
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index) -> dict:
+    index = int(index)
+    real = min(index, len(self._split) - 1)
+    record = _record(self._split, real)
+    record["index"] = np.int32(real)
+    record["valid"] = np.bool_(index < len(self._split))
+    return record
+
+  def __repr__(self) -> str:
+    return f"_PaddedRecords({self._split!r}, length={self._length})"
+
+
+# ----------------------------------------------------------------------------- operations
+
+
+class _DecodeResize(grain.transforms.Map):
+  """Decodes, applies active-label masks at full resolution, resizes."""
+
+  def __init__(self, image_size, label_size, *, with_label: bool = True,
+               labeled_masks: LabeledMasks | None = None, split=None):
+    self._image_size = image_size
+    self._label_size = label_size
+    self._with_label = with_label
+    self._labeled_masks = labeled_masks
+    self._split = split
+
+  def map(self, element: dict) -> dict:
+    out = {key: element[key] for key in ("index", "valid") if key in element}
+    image = reader.decode_png(element["image"])
+    if image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f"example {element.get('name')!r}: expected an RGB image, got shape "
+                       f"{image.shape}")
+    out["image"] = resize_image(image, self._image_size)
+    if self._with_label:
+      label = reader.decode_png(element["label"])
+      if label.ndim == 3:
+        label = label[..., 0]
+      if self._labeled_masks is not None:
+        label = self._mask(label, int(element["index"]), element.get("name"))
+      out["label"] = label if self._label_size is None else resize_label(label, self._label_size)
+    else:
+      index = int(element["index"])
+      out["label_size"] = np.asarray(self._split.label_shape(index), np.int32)
+    return out
+
+  def _mask(self, label: np.ndarray, index: int, name) -> np.ndarray:
+    mask = np.asarray(self._labeled_masks[index])
+    if mask.shape != label.shape:
+      raise ValueError(f"labeled_masks[{index}] has shape {mask.shape} but the label of "
+                       f"{name!r} is {label.shape}; masks must be at full label resolution")
+    if mask.dtype != np.bool_:
+      raise TypeError(f"labeled_masks[{index}] must be a bool array, got {mask.dtype}")
+    return np.where(mask, label, np.uint8(labels_lib.IGNORE_LABEL))
+
+
+class _RandomFlip(grain.transforms.RandomMap):
+  """Horizontal flip of image and label with probability 1/2."""
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    if rng.random() < 0.5:
+      element = dict(element)
+      element["image"] = element["image"][:, ::-1]
+      if "label" in element:
+        element["label"] = element["label"][:, ::-1]
+    return element
+
+
+class _Finalize(grain.transforms.Map):
+  """Normalises the image and fixes output dtypes."""
+
+  def map(self, element: dict) -> dict:
+    out = {"image": normalize_image(element["image"]), "index": np.int32(element["index"])}
+    if "label" in element:
+      out["label"] = np.ascontiguousarray(element["label"], np.int32)
+    if "label_size" in element:
+      out["label_size"] = element["label_size"]
+    if "valid" in element:
+      out["valid"] = np.bool_(element["valid"])
+    return out
+
+
+def _batch_examples(examples: Sequence[dict]) -> dict:
+  """Stacks examples; explains label-size mismatches instead of a bare numpy error."""
+  batch = {}
+  for key in examples[0]:
+    values = [example[key] for example in examples]
+    shapes = {np.shape(v) for v in values}
+    if len(shapes) > 1:
+      raise ValueError(f"cannot batch {key!r} of different shapes {sorted(shapes)}; pass a "
+                       "fixed label_size to the loader to resize labels to one size")
+    batch[key] = np.stack(values)
+  return batch
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+class ClassBalancedSampler:
+  """Draws images so that rare classes are seen often (infinite stream).
+
+  Per draw: with f_c the fraction of class occurrences among the images drawn so far in the
+  current sub-epoch, pick class c with probability proportional to 1 / log(1.01 + f_c), then
+  the next image containing c (each class cycles through its images in a fresh random order).
+  The running frequencies restart every `sub_epoch_size` draws. Each sub-epoch is drawn from
+  its own seed, so any position of the stream is computed without replaying the past, which
+  makes the sampler random-access as grain requires.
+  """
+
+  def __init__(self, class_presence: np.ndarray, *, seed: int = 0,
+               sub_epoch_size: int = DEFAULT_SUB_EPOCH_SIZE):
+    presence = np.asarray(class_presence, bool)
+    if presence.ndim != 2 or presence.shape[0] < 1:
+      raise ValueError(f"class_presence must be [num_images, num_classes], got {presence.shape}")
+    if sub_epoch_size < 1:
+      raise ValueError(f"sub_epoch_size must be >= 1, got {sub_epoch_size}")
+    self._presence = presence
+    self._seed = int(seed)
+    self._sub_epoch_size = int(sub_epoch_size)
+    self._files = [np.flatnonzero(presence[:, c]) for c in range(presence.shape[1])]
+    self._classes = np.array([c for c, files in enumerate(self._files) if len(files)], np.int64)
+    if not len(self._classes):
+      raise ValueError("no image contains any labelled class; class-balanced sampling needs "
+                       "labels (use sampling='uniform')")
+    self._checksum = zlib.crc32(np.packbits(presence).tobytes())
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __repr__(self) -> str:
+    return (f"ClassBalancedSampler(num_records={self._presence.shape[0]}, seed={self._seed}, "
+            f"sub_epoch_size={self._sub_epoch_size}, presence_crc={self._checksum})")
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_cache"] = {}
+    return state
+
+  def _sub_epoch(self, number: int) -> np.ndarray:
+    if number in self._cache:
+      return self._cache[number]
+    rng = np.random.default_rng([self._seed, number])
+    counts = np.zeros(self._presence.shape[1], np.float64)
+    orders = {int(c): rng.permutation(self._files[c]) for c in self._classes}
+    positions = dict.fromkeys(orders, 0)
+    draws = np.empty(self._sub_epoch_size, np.int64)
+    for i in range(self._sub_epoch_size):
+      total = counts.sum()
+      frequency = counts[self._classes] / total if total > 0 else np.zeros(len(self._classes))
+      weights = 1.0 / np.log(1.01 + frequency)
+      cumulative = np.cumsum(weights)
+      pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+      c = int(self._classes[min(pick, len(self._classes) - 1)])
+      if positions[c] >= len(orders[c]):
+        orders[c] = rng.permutation(self._files[c])
+        positions[c] = 0
+      image = int(orders[c][positions[c]])
+      positions[c] += 1
+      draws[i] = image
+      counts += self._presence[image]
+    if len(self._cache) >= 4:
+      self._cache.pop(next(iter(self._cache)))
+    self._cache[number] = draws
+    return draws
+
+  def record_keys(self, start: int, stop: int) -> np.ndarray:
+    """Image indices drawn at stream positions [start, stop)."""
+    return np.array([self._key(i) for i in range(start, stop)], np.int64)
+
+  def _key(self, index: int) -> int:
+    number, offset = divmod(index, self._sub_epoch_size)
+    return int(self._sub_epoch(number)[offset])
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    if index < 0:
+      raise IndexError(f"negative sampler index {index}")
+    rng = np.random.Generator(np.random.Philox(key=self._seed + index))
+    return grain.RecordMetadata(index=index, record_key=self._key(index), rng=rng)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def _loader(source, sampler, operations, *, worker_count: int, worker_buffer_size: int,
+            shard_options, batch_size: int) -> grain.DataLoader:
+  if worker_count < 0:
+    raise ValueError(f"worker_count must be >= 0, got {worker_count}")
+  if worker_count > 0 and not flags.FLAGS.is_parsed():
+    # grain's worker processes read its absl flags, which fail unless parsed; outside an
+    # absl app (tests, notebooks) the defaults are what we want.
+    flags.FLAGS.mark_as_parsed()
+  return grain.DataLoader(
+      data_source=source,
+      sampler=sampler,
+      operations=list(operations),
+      worker_count=worker_count,
+      worker_buffer_size=worker_buffer_size,
+      shard_options=shard_options or grain.sharding.NoSharding(),
+      read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(8, 2 * batch_size)),
+  )
+
+
+def _training_operations(image_size, label_size, flip: bool, batch_size: int,
+                         labeled_masks=None) -> list:
+  operations = [_DecodeResize(image_size, label_size or image_size, labeled_masks=labeled_masks)]
+  if flip:
+    operations.append(_RandomFlip())
+  operations += [_Finalize(), grain.transforms.Batch(batch_size, drop_remainder=True,
+                                                     batch_fn=_batch_examples)]
+  return operations
+
+
+def source_train_loader(split, *, batch_size: int, image_size: tuple[int, int],
+                        label_size: tuple[int, int] | None = None,
+                        sampling: str = "class_balanced", flip: bool = True, seed: int = 0,
+                        worker_count: int = 0, worker_buffer_size: int = 2,
+                        shard_options: grain.sharding.ShardOptions | None = None,
+                        sub_epoch_size: int = DEFAULT_SUB_EPOCH_SIZE) -> grain.DataLoader:
+  """Endless batches {"image", "label", "index"} of the labelled source domain.
+
+  Args:
+    split: source split (needs `class_presence` for class-balanced sampling).
+    batch_size: examples per batch (per process when sharded).
+    image_size: network input (height, width), e.g. (720, 1280) for GTAV.
+    label_size: training label size; defaults to `image_size`.
+    sampling: "class_balanced" (rare classes drawn often) or "uniform" (shuffled epochs).
+    flip: random horizontal flips.
+    seed: seeds the sampling and the flips.
+    worker_count: worker processes (0 = in this process).
+    worker_buffer_size: batches each worker prepares ahead.
+    shard_options: grain sharding across processes (default: none).
+    sub_epoch_size: class-balanced sub-epoch length (draws).
+  """
+  image_size = _check_size(image_size, "image_size")
+  label_size = _check_size(label_size, "label_size")
+  if sampling == "class_balanced":
+    sampler = ClassBalancedSampler(split.class_presence, seed=seed,
+                                   sub_epoch_size=sub_epoch_size)
+  elif sampling == "uniform":
+    sampler = grain.samplers.IndexSampler(len(split), shuffle=True, seed=seed, num_epochs=None)
+  else:
+    raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+  _check_batch_size(batch_size, 1)
+  return _loader(_IndexedRecords(split), sampler,
+                 _training_operations(image_size, label_size, flip, batch_size),
+                 worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                 shard_options=shard_options, batch_size=batch_size)
+
+
+def target_train_loader(split, labeled_masks: LabeledMasks, *, batch_size: int,
+                        image_size: tuple[int, int], label_size: tuple[int, int] | None = None,
+                        flip: bool = True, seed: int = 0, worker_count: int = 0,
+                        worker_buffer_size: int = 2,
+                        shard_options: grain.sharding.ShardOptions | None = None
+                        ) -> grain.DataLoader:
+  """Endless shuffled batches {"image", "label", "index"} of the target pool.
+
+  Labels keep the ground truth only where `labeled_masks[index]` is True (255 elsewhere); the
+  mask is applied at full label resolution, before resizing. Images without labelled pixels
+  still come (the unsupervised target losses use them).
+
+  Args:
+    split: target training split.
+    labeled_masks: `labeled_masks[i]` -> bool [H, W] at split[i]'s label size; read only.
+    batch_size, image_size, label_size, flip, seed, worker_count, worker_buffer_size,
+    shard_options: as in `source_train_loader`.
+  """
+  if len(labeled_masks) != len(split):
+    raise ValueError(f"labeled_masks has {len(labeled_masks)} entries but the split has "
+                     f"{len(split)} images")
+  image_size = _check_size(image_size, "image_size")
+  label_size = _check_size(label_size, "label_size")
+  _check_batch_size(batch_size, 1)
+  sampler = grain.samplers.IndexSampler(len(split), shuffle=True, seed=seed, num_epochs=None)
+  return _loader(_IndexedRecords(split), sampler,
+                 _training_operations(image_size, label_size, flip, batch_size, labeled_masks),
+                 worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                 shard_options=shard_options, batch_size=batch_size)
+
+
+def _padded_pass(split, operations, *, batch_size: int, num_devices: int | None,
+                 worker_count: int, worker_buffer_size: int, shard_options) -> grain.DataLoader:
+  _check_batch_size(batch_size, num_devices)
+  padded = _padded_length(len(split), batch_size, shard_options, worker_count)
+  sampler = grain.samplers.IndexSampler(padded, shuffle=False, num_epochs=1)
+  operations = list(operations) + [_Finalize(), grain.transforms.Batch(
+      batch_size, drop_remainder=False, batch_fn=_batch_examples)]
+  return _loader(_PaddedRecords(split, padded), sampler, operations, worker_count=worker_count,
+                 worker_buffer_size=worker_buffer_size, shard_options=shard_options,
+                 batch_size=batch_size)
+
+
+def selection_loader(split, *, batch_size: int, image_size: tuple[int, int],
+                     num_devices: int | None = None, worker_count: int = 0,
+                     worker_buffer_size: int = 2,
+                     shard_options: grain.sharding.ShardOptions | None = None
+                     ) -> grain.DataLoader:
+  """One ordered pass over the target pool for a selection round.
+
+  Batches {"image": [B, H, W, 3], "index": [B], "label_size": [B, 2] (full-resolution label
+  height, width), "valid": [B]}: scores are computed at label resolution from the logits of
+  the resized image; the last batch is padded (valid=False) so all batches are full.
+  `num_devices` is as in `eval_loader`.
+  """
+  image_size = _check_size(image_size, "image_size")
+  if not hasattr(split, "label_shape"):
+    raise TypeError(f"{split!r} has no label_shape(index); use open_split or SyntheticSplit")
+  operations = [_DecodeResize(image_size, None, with_label=False, split=split)]
+  return _padded_pass(split, operations, batch_size=batch_size, num_devices=num_devices,
+                      worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                      shard_options=shard_options)
+
+
+def eval_loader(split, *, batch_size: int, image_size: tuple[int, int],
+                label_size: tuple[int, int] | None = None, num_devices: int | None = None,
+                worker_count: int = 0, worker_buffer_size: int = 2,
+                shard_options: grain.sharding.ShardOptions | None = None) -> grain.DataLoader:
+  """One ordered, padded pass for evaluation.
+
+  Batches {"image": [B, H, W, 3], "label": [B, h, w] int32, "index": [B], "valid": [B]}.
+  Labels stay at full resolution unless `label_size` is given (logits are upsampled to them).
+  The number of examples is padded up to a multiple of batch_size x shard count, so every
+  device and process runs the same number of full batches; padded examples repeat the last
+  one with valid=False and must be excluded from the metrics.
+
+  Args:
+    num_devices: devices sharing each batch; batch_size must be divisible by it
+      (None: jax.local_device_count()).
+  """
+  image_size = _check_size(image_size, "image_size")
+  label_size = _check_size(label_size, "label_size")
+  operations = [_DecodeResize(image_size, label_size)]
+  return _padded_pass(split, operations, batch_size=batch_size, num_devices=num_devices,
+                      worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                      shard_options=shard_options)
+
+
+def _padded_length(num_examples: int, batch_size: int, shard_options, worker_count: int) -> int:
+  """Pads so every process and every worker process gets only full batches.
+
+  grain batches inside each worker, over every worker_count-th record of the process's shard.
+  """
+  shards = shard_options.shard_count if shard_options is not None else 1
+  per_round = batch_size * shards * max(worker_count, 1)
+  return -(-num_examples // per_round) * per_round
+
+
+def pass_batches(num_examples: int, batch_size: int,
+                 shard_options: grain.sharding.ShardOptions | None = None,
+                 worker_count: int = 0) -> int:
+  """Batches each process gets in one selection/eval pass (after padding)."""
+  shards = shard_options.shard_count if shard_options is not None else 1
+  return _padded_length(num_examples, batch_size, shard_options, worker_count) // (
+      batch_size * shards)
+
+
+def restore_iterator(loader: grain.DataLoader, state: bytes) -> Any:
+  """A fresh iterator of `loader` positioned at a saved `iterator.get_state()`."""
+  iterator = iter(loader)
+  iterator.set_state(state)
+  return iterator

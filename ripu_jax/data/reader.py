@@ -1,0 +1,218 @@
+"""Random access to prepared datasets: `open_split`.
+
+Prepared datasets are TFDS ArrayRecord folders read through `tfds` data sources; images and
+labels stay PNG-encoded on disk and are decoded here with PIL, so reading needs neither
+TensorFlow nor OpenCV. Each split also carries, from preparation time, which classes every
+image contains (for class-balanced sampling) and each label's size.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import shlex
+
+import numpy as np
+from PIL import Image
+
+from ripu_jax.data import labels as labels_lib
+from ripu_jax.data import synthetic as synthetic_lib
+
+VERSION = "1.0.0"
+DATASETS = ("gtav", "synthia", "cityscapes", "synthetic")
+SPLITS = {
+    "gtav": ("train",),
+    "synthia": ("train",),
+    "cityscapes": ("train", "val"),
+    "synthetic": synthetic_lib.SPLITS,
+}
+DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """The requested dataset has not been prepared in the given data dir."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
+  return os.path.abspath(os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR)))
+
+
+def check_name(name: str) -> None:
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+
+def synthetic_config(config: synthetic_lib.SyntheticConfig | None) -> synthetic_lib.SyntheticConfig:
+  if config is None:
+    return synthetic_lib.SyntheticConfig()
+  if not isinstance(config, synthetic_lib.SyntheticConfig):
+    raise TypeError(f"config must be a SyntheticConfig, got {type(config).__name__}")
+  return config
+
+
+def dataset_dir(name: str, data_dir: str | os.PathLike | None = None,
+                config: synthetic_lib.SyntheticConfig | None = None) -> str:
+  """Folder of a prepared dataset: <data_dir>/<name>[/<synthetic config>]/<version>."""
+  check_name(name)
+  root = resolve_data_dir(data_dir)
+  if name == "synthetic":
+    return os.path.join(root, name, synthetic_config(config).name, VERSION)
+  if config is not None:
+    raise ValueError(f"config applies only to the synthetic dataset, not {name!r}")
+  return os.path.join(root, name, VERSION)
+
+
+def prepare_command(name: str, data_dir: str | os.PathLike | None,
+                    config: synthetic_lib.SyntheticConfig | None = None) -> str:
+  """The shell command that prepares `name` into `data_dir`."""
+  parts = ["python", "-m", "ripu_jax.data.prepare", "--dataset", name]
+  if name != "synthetic":
+    parts += ["--manual_dir", "/path/to/downloaded/" + name]
+  parts += ["--data_dir", resolve_data_dir(data_dir)]
+  if name == "synthetic":
+    config = synthetic_config(config)
+    defaults = synthetic_lib.SyntheticConfig()
+    for field in ("seed", "height", "width", "num_source_train", "num_target_train",
+                  "num_target_val", "domain_shift"):
+      if getattr(config, field) != getattr(defaults, field):
+        parts += [f"--{field}", str(getattr(config, field))]
+  return " ".join(shlex.quote(p) for p in parts)
+
+
+def decode_png(data: bytes | np.ndarray) -> np.ndarray:
+  """PNG bytes -> uint8 array (arrays pass through unchanged)."""
+  if isinstance(data, np.ndarray):
+    return data
+  with Image.open(io.BytesIO(data)) as image:
+    return np.asarray(image)
+
+
+def decode_record(record: dict) -> dict:
+  """Decodes an encoded record of `PreparedSplit.encoded` into an example."""
+  image = decode_png(record["image"])
+  label = decode_png(record["label"])
+  if label.ndim == 3:
+    label = label[..., 0]
+  return {"image": image, "label": label, "name": record["name"]}
+
+
+class PreparedSplit:
+  """One split of a prepared dataset: a sequence of examples.
+
+  `split[i]` is {"image": uint8 [H, W, 3], "label": uint8 [H, W] train ids (255 = ignore),
+  "name": str}. `encoded(i)` returns the same with PNG bytes, for pipelines that decode in
+  worker processes. `class_index[c]` lists the images containing train id c.
+  """
+
+  def __init__(self, name: str, split: str, directory: str):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self.dataset_name = name
+    self.split = split
+    self.directory = directory
+    builder = tfds.builder_from_directory(directory)
+    if split not in builder.info.splits:
+      raise ValueError(f"{name} has no split {split!r}; it has {sorted(builder.info.splits)}")
+    skip = tfds.decode.SkipDecoding()
+    self._source = builder.as_data_source(split, decoders={"image": skip, "label": skip})
+    metadata = builder.info.metadata or {}
+    if split not in metadata:
+      raise DatasetNotPreparedError(
+          f"{directory} lacks the per-class image index of split {split!r}; prepare it again "
+          f"with --overwrite: {prepare_command(name, os.path.dirname(os.path.dirname(directory)))}")
+    split_meta = metadata[split]
+    self._presence_bits = np.asarray(split_meta["class_presence"], np.int64)
+    self._label_shapes = np.asarray(split_meta["label_shapes"], np.int64).reshape(-1, 2)
+    self._pixel_counts = np.asarray(split_meta["pixel_counts"], np.int64)
+    if len(self._presence_bits) != len(self._source):
+      raise DatasetNotPreparedError(
+          f"{directory}: metadata lists {len(self._presence_bits)} examples but the split has "
+          f"{len(self._source)}; the folder is inconsistent, prepare it again with --overwrite")
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def _check_index(self, index) -> int:
+    index = int(index)
+    n = len(self)
+    if index < 0:
+      index += n
+    if not 0 <= index < n:
+      raise IndexError(f"index {index} out of range for {self.dataset_name}/{self.split} "
+                       f"with {n} examples")
+    return index
+
+  def encoded(self, index: int) -> dict:
+    """{"image": PNG bytes, "label": PNG bytes, "name": str}."""
+    record = self._source[self._check_index(index)]
+    name = record["name"]
+    return {"image": record["image"], "label": record["label"],
+            "name": name.decode("utf-8") if isinstance(name, bytes) else str(name)}
+
+  def __getitem__(self, index: int) -> dict:
+    return decode_record(self.encoded(index))
+
+  def label(self, index: int) -> np.ndarray:
+    """[H, W] uint8 train ids of one example, without decoding its image."""
+    label = decode_png(self.encoded(index)["label"])
+    return label[..., 0] if label.ndim == 3 else label
+
+  def label_shape(self, index: int) -> tuple[int, int]:
+    """(height, width) of the label at full resolution, from preparation-time metadata."""
+    h, w = self._label_shapes[self._check_index(index)]
+    return int(h), int(w)
+
+  @functools.cached_property
+  def class_presence(self) -> np.ndarray:
+    """[N, NUM_CLASSES] bool: which train ids occur in each image."""
+    bits = np.arange(labels_lib.NUM_CLASSES, dtype=np.int64)
+    return ((self._presence_bits[:, None] >> bits[None, :]) & 1).astype(bool)
+
+  @property
+  def class_index(self) -> tuple[np.ndarray, ...]:
+    """Per train id, the sorted indices of the images that contain it."""
+    return tuple(np.flatnonzero(self.class_presence[:, c]) for c in range(labels_lib.NUM_CLASSES))
+
+  @property
+  def pixel_counts(self) -> np.ndarray:
+    """[NUM_CLASSES] total labelled pixels per train id over the split."""
+    return self._pixel_counts.copy()
+
+  def __repr__(self) -> str:
+    return f"PreparedSplit({self.dataset_name!r}, {self.split!r}, {self.directory!r})"
+
+
+def open_split(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
+               config: synthetic_lib.SyntheticConfig | None = None) -> PreparedSplit:
+  """Opens a prepared split for random access.
+
+  Args:
+    name: "gtav", "synthia", "cityscapes" or "synthetic".
+    split: "train" (gtav, synthia), "train"/"val" (cityscapes), or "source_train",
+      "target_train", "target_val" (synthetic).
+    data_dir: the --data_dir given to `python -m ripu_jax.data.prepare`
+      (default ~/tensorflow_datasets).
+    config: synthetic only: the generator parameters it was prepared with (default config
+      if None).
+
+  Returns:
+    A `PreparedSplit`.
+
+  Raises:
+    DatasetNotPreparedError: with the command that prepares the dataset.
+  """
+  check_name(name)
+  if split not in SPLITS[name]:
+    raise ValueError(f"{name} has no split {split!r}; choose one of {SPLITS[name]}")
+  directory = dataset_dir(name, data_dir, config)
+  if not os.path.isfile(os.path.join(directory, "dataset_info.json")):
+    command = prepare_command(name, data_dir, config)
+    if name == "synthetic":
+      how = ("The synthetic benchmark needs no download; generate it (seconds) with:\n"
+             f"  {command}")
+    else:
+      how = (f"Download {name} by hand (the command prints where from and the expected folder "
+             f"layout if the files are missing), then run:\n  {command}")
+    raise DatasetNotPreparedError(f"{name} is not prepared in {resolve_data_dir(data_dir)} "
+                                  f"(no {directory}).\n{how}")
+  return PreparedSplit(name, split, directory)
