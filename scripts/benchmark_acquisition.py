@@ -6,7 +6,8 @@
 For each image size and case (RA k=1 at 2.2% and 5% of pixels over 5 rounds; PA k=25 and
 k=32 with 40 pixels over 5 rounds), on the same logits (C = 19, one image):
 
-* ripu_jax: score pass, greedy selection, and the whole round in one jitted call (all in);
+* ripu_jax: score pass, greedy selection, and the whole round as `select_round` compiles it
+  (all in: finiteness check, scores, selection, masks);
   medians of --runs timed runs after one warm-up (compilation excluded).
 * release-style: box sums as depthwise convolutions (`lax.conv_general_dilated`, as the
   release's conv2d) and one full-map arg-max per pick (numpy loop), written from the method
@@ -35,6 +36,7 @@ import numpy as np
 from ripu_jax import acquisition
 from ripu_jax.acquisition import greedy as greedy_lib
 from ripu_jax.acquisition import scores as scores_lib
+from ripu_jax.acquisition import selection_round
 
 NUM_CLASSES = 19
 CASES = [  # name, kind, radius, ratio or pixels
@@ -113,8 +115,8 @@ def release_style_select(score: np.ndarray, num_picks: int, suppress_radius: int
 
 # ----------------------------------------------------------------------------------------
 
-def memory_bytes(fn, *args) -> int:
-  analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+def memory_bytes(jitted, *args) -> int:
+  analysis = jitted.lower(*args).compile().memory_analysis()
   return int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
 
 
@@ -135,18 +137,23 @@ def bench_case(logits, name, kind, radius, budget, args) -> dict:
                                    label_radius=plan.label_radius,
                                    suppress_radius=plan.suppress_radius)
 
-  def round_fn(x):
-    return select_fn(score_fn(x))
+  # The whole round exactly as `acquisition.select_round` compiles it (device-resident inputs).
+  round_jit = selection_round._compiled_round(  # pylint: disable=protected-access
+      acquisition.default_mesh(), "ripu", (height, width), plan)
+  ids, seed = jnp.zeros((1,), jnp.int32), jnp.int32(0)
 
-  score_jit, select_jit, round_jit = jax.jit(score_fn), jax.jit(select_fn), jax.jit(round_fn)
+  def round_fn(x):
+    return round_jit(x, excluded, ids, seed)
+
+  score_jit, select_jit = jax.jit(score_fn), jax.jit(select_fn)
   score_ms, score = timed(lambda: score_jit(logits), args.runs)
   select_ms, _ = timed(lambda: select_jit(score), args.runs)
-  total_ms, selection = timed(lambda: round_jit(logits), args.runs)
+  total_ms, (selection, _) = timed(lambda: round_fn(logits), args.runs)
   row = {
       "case": name, "size": f"{height}x{width}", "picks_per_image": plan.num_picks,
       "ripu_jax_score_ms": score_ms, "ripu_jax_select_ms": select_ms,
       "ripu_jax_total_ms": total_ms,
-      "ripu_jax_extra_memory_bytes": memory_bytes(round_fn, logits),
+      "ripu_jax_extra_memory_bytes": memory_bytes(round_jit, logits, excluded, ids, seed),
       "logits_bytes": int(logits.size * logits.dtype.itemsize),
       "picks_made": int((np.asarray(selection.picks)[0, :, 0] >= 0).sum()),
   }

@@ -20,8 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ripu_jax import image_ops
 from ripu_jax.acquisition import budgets
 from ripu_jax.acquisition.greedy import Selection, select_batch
-from ripu_jax.acquisition.scores import (raise_if_not_finite, validate_logits, validate_mode,
-                                         validate_radius)
+from ripu_jax.acquisition.scores import (materialized, raise_if_not_finite, validate_logits,
+                                         validate_mode, validate_radius)
 from ripu_jax.acquisition.strategies import get_strategy
 
 DATA_AXIS = "data"
@@ -76,7 +76,10 @@ def _compiled_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
     logits = image_ops.resize_bilinear(logits.astype(jnp.float32), label_size)
     base = jax.random.key(seed)
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(image_ids)
-    score = strategy(logits, radius=plan.radius, mode=plan.mode, keys=keys)
+    # Score maps are materialised once: fused into the selection's consumers they would be
+    # recomputed per read.
+    score = materialized(
+        lambda x, k: strategy(x, radius=plan.radius, mode=plan.mode, keys=k), logits, keys)
     score = jnp.where(jnp.isnan(score), -jnp.inf, score)
     score = jax.lax.with_sharding_constraint(score, batch)
     return select_per_device(score, excluded), finite
