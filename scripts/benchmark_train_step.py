@@ -1,0 +1,163 @@
+"""Times the jitted RIPU training step (source + target batch, all four loss terms).
+
+Prints the cold start (model construction + optimiser + tracing and compiling the step),
+the median seconds per step and the peak resident memory, and writes them as JSON.
+
+  python scripts/benchmark_train_step.py --height 256 --width 512 --dtype float32
+  python scripts/benchmark_train_step.py --height 256 --width 512 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ripu_jax.models import build_model
+from ripu_jax.optim import create_optimizer
+from ripu_jax.train_step import make_train_step
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="deeplabv2")
+  parser.add_argument("--depth", type=int, default=101)
+  parser.add_argument("--width-multiplier", type=float, default=1.0)
+  parser.add_argument("--num-classes", type=int, default=19)
+  parser.add_argument("--height", type=int, default=256)
+  parser.add_argument("--width", type=int, default=512)
+  parser.add_argument("--batch", type=int, default=1, help="images per domain")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
+  parser.add_argument("--source-free", action="store_true")
+  parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/...)")
+  return parser.parse_args(argv)
+
+
+def peak_memory_mib() -> float:
+  """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class CompileTimer:
+  """Sums JAX's tracing, lowering and XLA compilation durations while active."""
+
+  EVENTS = (
+      "/jax/core/compile/jaxpr_trace_duration",
+      "/jax/core/compile/jaxpr_to_mlir_module_duration",
+      "/jax/core/compile/backend_compile_duration",
+  )
+
+  def __init__(self):
+    self.seconds = {event.rsplit("/", 1)[-1]: 0.0 for event in self.EVENTS}
+    self.active = False
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+  def _listen(self, event: str, duration: float, **_: object) -> None:
+    if self.active and event in self.EVENTS:
+      self.seconds[event.rsplit("/", 1)[-1]] += duration
+
+
+def make_batch(args: argparse.Namespace, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random images and labels; target labels mostly unlabelled, as after acquisition."""
+  rng = np.random.default_rng(seed)
+  shape = (args.batch, args.height, args.width)
+  target_labels = np.full(shape, 255, np.int32)
+  labelled = rng.random(shape) < 0.05
+  target_labels[labelled] = rng.integers(0, args.num_classes, labelled.sum())
+  return {
+      "source_images": rng.standard_normal(shape + (3,), np.float32),
+      "source_labels": rng.integers(0, args.num_classes, shape).astype(np.int32),
+      "target_images": rng.standard_normal(shape + (3,), np.float32),
+      "target_labels": target_labels,
+  }
+
+
+def main(argv: list[str] | None = None) -> dict:
+  args = parse_args(argv)
+  batch = make_batch(args)
+  compile_timer = CompileTimer()
+  start = time.perf_counter()
+  model = build_model(
+      args.model,
+      args.num_classes,
+      rngs=nnx.Rngs(0),
+      depth=args.depth,
+      width_multiplier=args.width_multiplier,
+      dtype=args.dtype,
+  )
+  optimizer = create_optimizer(model)
+  step = make_train_step(source_free=args.source_free)
+  built = time.perf_counter()
+  compile_timer.active = True
+  metrics = step(model, optimizer, batch)
+  jax.block_until_ready(metrics)
+  compile_timer.active = False
+  first_result = time.perf_counter() - start
+  compile_seconds = sum(compile_timer.seconds.values())
+  cold_start = built - start + compile_seconds
+  times, cpu_times = [], []
+  for _ in range(args.steps):
+    tick, cpu_tick = time.perf_counter(), time.process_time()
+    metrics = step(model, optimizer, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - tick)
+    cpu_times.append(time.process_time() - cpu_tick)
+  result = {
+      "model": args.model,
+      "depth": args.depth,
+      "width_multiplier": args.width_multiplier,
+      "dtype": args.dtype,
+      "height": args.height,
+      "width": args.width,
+      "batch_per_domain": args.batch,
+      "source_free": args.source_free,
+      "build_seconds": built - start,
+      "compile_seconds": compile_seconds,
+      "compile_breakdown_seconds": compile_timer.seconds,
+      "cold_start_seconds": cold_start,
+      "first_step_done_seconds": first_result,
+      "seconds_per_step_median": statistics.median(times) if times else None,
+      "step_seconds": times,
+      # CPU seconds of all this process's threads: less sensitive to other processes
+      # sharing the cores than wall time (ideal wall time ~ CPU time / cores).
+      "cpu_seconds_per_step_median": statistics.median(cpu_times) if cpu_times else None,
+      "load_average_1min": os.getloadavg()[0],
+      "peak_rss_mib": peak_memory_mib(),
+      "final_loss": float(metrics["total"]),
+      "jax_version": jax.__version__,
+      "backend": jax.default_backend(),
+      "cpu_count": os.cpu_count(),
+      "machine": platform.machine(),
+  }
+  print(f"model {args.model} depth {args.depth} {args.dtype} {args.height}x{args.width}, "
+        f"batch {args.batch} source + {args.batch} target")
+  print(f"cold start (build + compile): {cold_start:.2f} s (build {built - start:.2f} s, "
+        f"trace + lower + compile {compile_seconds:.2f} s); first step done after "
+        f"{first_result:.2f} s")
+  if times:
+    print(f"seconds per step (median of {len(times)}): {result['seconds_per_step_median']:.3f} "
+          f"(CPU seconds {result['cpu_seconds_per_step_median']:.2f} on {os.cpu_count()} cores, "
+          f"load average {result['load_average_1min']:.2f})")
+  print(f"peak RSS: {result['peak_rss_mib']:.0f} MiB")
+  output = args.output or os.path.join(
+      "benchmarks", f"train_step_{args.model}_{args.dtype}_{args.height}x{args.width}.json")
+  os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+  with open(output, "w") as handle:
+    json.dump(result, handle, indent=2)
+  print(f"wrote {output}")
+  return result
+
+
+if __name__ == "__main__":
+  main()
