@@ -99,8 +99,7 @@ def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
   0..B-1). The batch must divide evenly over the mesh's devices.
   """
   validate_logits(logits)
-  mode = validate_mode(plan.mode)
-  del mode
+  validate_mode(plan.mode)
   mesh = mesh or default_mesh()
   batch = logits.shape[0]
   devices = mesh.shape[DATA_AXIS]
