@@ -140,3 +140,24 @@ def source_free_objective(
   total = terms["target_ce"] + negative_weight * terms["negative_learning"]
   terms["total"] = total
   return total, terms
+
+
+def source_only_objective(
+    source_logits: jax.Array,
+    source_labels: jax.Array,
+    *,
+    consistency_weight: float = 0.1,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Source-only baseline: CE(source) + w_cr * L_cr(source) (w_cr = 0: plain CE).
+
+  Returns:
+    (total, terms) with "source_ce", "local_consistency" and "total".
+  """
+  terms = {
+      "source_ce": cross_entropy(source_logits, source_labels, ignore_index),
+      "local_consistency": local_consistency(source_logits, source_labels, ignore_index),
+  }
+  total = terms["source_ce"] + consistency_weight * terms["local_consistency"]
+  terms["total"] = total
+  return total, terms

@@ -22,6 +22,12 @@ SOURCE_LABELS = "source_labels"
 TARGET_IMAGES = "target_images"
 TARGET_LABELS = "target_labels"
 
+OBJECTIVE_KEYS = {
+    "ripu": (SOURCE_IMAGES, SOURCE_LABELS, TARGET_IMAGES, TARGET_LABELS),
+    "source_only": (SOURCE_IMAGES, SOURCE_LABELS),
+    "source_free": (TARGET_IMAGES, TARGET_LABELS),
+}
+
 TrainStep = Callable[[nnx.Module, nnx.Optimizer, Mapping[str, jax.Array]], dict[str, jax.Array]]
 
 
@@ -55,7 +61,7 @@ def forward_pair(model: nnx.Module, source_images: jax.Array,
 
 def make_train_step(
     *,
-    source_free: bool = False,
+    objective: str = "ripu",
     consistency_weight: float = 0.1,
     negative_weight: float = 1.0,
     negative_threshold: float = 0.05,
@@ -64,8 +70,9 @@ def make_train_step(
   """Builds `step(model, optimizer, batch) -> metrics`, jitted, state donated.
 
   Args:
-    source_free: train on target data only (target CE + L_nl); the batch then needs
-      only the target keys.
+    objective: "ripu" (source CE + target CE + L_cr + L_nl), "source_only" (source CE +
+      L_cr; the batch needs only the source keys) or "source_free" (target CE + L_nl; the
+      batch needs only the target keys).
     consistency_weight: weight of L_cr on the source prediction (0.1).
     negative_weight: weight of L_nl on the target prediction (1.0).
     negative_threshold: probability below which L_nl pushes a class down (0.05).
@@ -79,14 +86,21 @@ def make_train_step(
     loss terms, "total" and "grad_norm". Dropout follows the model's mode: call
     `model.train()` before training.
   """
-  if source_free:
-    keys = (TARGET_IMAGES, TARGET_LABELS)
-  else:
-    keys = (SOURCE_IMAGES, SOURCE_LABELS, TARGET_IMAGES, TARGET_LABELS)
+  if objective not in OBJECTIVE_KEYS:
+    raise ValueError(f"objective must be one of {tuple(OBJECTIVE_KEYS)}, got {objective!r}")
+  keys = OBJECTIVE_KEYS[objective]
 
   def loss_fn(model: nnx.Module, batch: Mapping[str, jax.Array]):
+    if objective == "source_only":
+      source_labels = batch[SOURCE_LABELS]
+      return losses.source_only_objective(
+          upsample(model(batch[SOURCE_IMAGES]), source_labels.shape[1:3]),
+          source_labels,
+          consistency_weight=consistency_weight,
+          ignore_index=ignore_index,
+      )
     target_labels = batch[TARGET_LABELS]
-    if source_free:
+    if objective == "source_free":
       target_logits = upsample(model(batch[TARGET_IMAGES]), target_labels.shape[1:3])
       return losses.source_free_objective(
           target_logits,

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
       dtype=args.dtype,
   )
   optimizer = create_optimizer(model)
-  step = make_train_step(source_free=args.source_free)
+  step = make_train_step(objective="source_free" if args.source_free else "ripu")
   built = time.perf_counter()
   compile_timer.active = True
   metrics = step(model, optimizer, batch)

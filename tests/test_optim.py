@@ -113,7 +113,7 @@ def test_source_free_step_and_mismatched_sizes():
   model = models.DeepLabV2(4, **TINY, rngs=nnx.Rngs(0))
   optimizer = optim.create_optimizer(model, base_lr=1e-3, max_iter=100)
   batch = _batch(2)
-  source_free = make_train_step(source_free=True)
+  source_free = make_train_step(objective="source_free")
   target_only = {k: v for k, v in batch.items() if k.startswith("target")}
   metrics = source_free(model, optimizer, target_only)
   assert set(metrics) == {"target_ce", "negative_learning", "total", "grad_norm"}

@@ -157,6 +157,10 @@ class PreparedSplit:
     label = decode_png(self.encoded(index)["label"])
     return label[..., 0] if label.ndim == 3 else label
 
+  def name(self, index: int) -> str:
+    """The example's name (its source file's stem), without decoding the image."""
+    return self.encoded(index)["name"]
+
   def label_shape(self, index: int) -> tuple[int, int]:
     """(height, width) of the label at full resolution, from preparation-time metadata."""
     h, w = self._label_shapes[self._check_index(index)]

@@ -765,6 +765,10 @@ class SyntheticSplit:
   def label(self, index: int) -> np.ndarray:
     return self[index]["label"]
 
+  def name(self, index: int) -> str:
+    """The example's name (without generating it)."""
+    return f"{self.split}_{int(index):05d}"
+
   def label_shape(self, index: int) -> tuple[int, int]:
     del index  # All synthetic labels share the configured size.
     return self.config.height, self.config.width

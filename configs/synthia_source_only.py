@@ -1,0 +1,16 @@
+"""SYNTHIA -> Cityscapes, source-only baseline DeepLab-v2, the release's hyper-parameters.
+
+  python -m ripu_jax.main --config configs/synthia_source_only.py --workdir runs/synthia_source_only
+  python -m ripu_jax.main --config configs/synthia_source_only.py:smoke --workdir /tmp/smoke   # seconds
+
+Needs the prepared datasets (python -m ripu_jax.data.prepare, see the README) and the
+ImageNet ResNet-101 in weights/resnet101.npz (scripts/convert_torchvision_resnet.py).
+"""
+
+from ripu_jax import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.get_config_with_arg(
+      lambda: config_lib.real_config("synthia", kind="none", objective="source_only", model="deeplabv2",
+                                     ratio=0.022), arg)

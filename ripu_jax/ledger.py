@@ -1,0 +1,188 @@
+"""The label ledger: which target pixels have been bought, round by round.
+
+The ledger stores the picks of every selection round (round, image, row, col) and nothing
+else; the labelled and the excluded (labelled or suppressed) masks follow from them and the
+plan's radii. Being the only record of the budget, it is what checkpoints save and what the
+input pipeline reads (`ledger.labeled_masks`): spent budget can be neither lost nor spent
+twice, because a round already recorded for an image cannot be recorded again and a pick on
+an excluded pixel is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# Column order of `LabelLedger.picks`.
+ROUND, IMAGE, ROW, COL = range(4)
+
+
+def square_union(shape: tuple[int, int], points: np.ndarray, radius: int) -> np.ndarray:
+  """bool [H, W]: union of the (2r+1)^2 squares centred on `points` [N, 2], clipped."""
+  height, width = shape
+  mask = np.zeros(shape, bool)
+  if not len(points):
+    return mask
+  rows, cols = points[:, 0], points[:, 1]
+  if radius == 0:
+    mask[rows, cols] = True
+    return mask
+  # Corners of every square in a difference array; two cumulative sums fill the squares.
+  top, bottom = np.clip(rows - radius, 0, height), np.clip(rows + radius + 1, 0, height)
+  left, right = np.clip(cols - radius, 0, width), np.clip(cols + radius + 1, 0, width)
+  corners = np.zeros((height + 1, width + 1), np.int32)
+  np.add.at(corners, (top, left), 1)
+  np.add.at(corners, (top, right), -1)
+  np.add.at(corners, (bottom, left), -1)
+  np.add.at(corners, (bottom, right), 1)
+  return corners.cumsum(0).cumsum(1)[:height, :width] > 0
+
+
+class LabeledMasks:
+  """Read-only sequence view: `masks[i]` -> bool [H, W], True where image i is labelled."""
+
+  def __init__(self, ledger: "LabelLedger"):
+    self._ledger = ledger
+
+  def __len__(self) -> int:
+    return self._ledger.num_images
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return self._ledger.labeled_mask(index)
+
+
+class LabelLedger:
+  """Picks per target image and round, with the masks they imply.
+
+  Args:
+    label_shapes: (height, width) of every target image's full-resolution label.
+    label_radius: labelled square around a pick (k for RA, 0 for PA).
+    suppress_radius: square around a pick that later picks avoid (2k for RA, k for PA).
+  """
+
+  def __init__(self, label_shapes: Sequence[tuple[int, int]], *, label_radius: int,
+               suppress_radius: int):
+    self.label_shapes = np.asarray(label_shapes, np.int64).reshape(-1, 2)
+    if label_radius < 0 or suppress_radius < label_radius:
+      raise ValueError(f"need 0 <= label_radius <= suppress_radius, got {label_radius} and "
+                       f"{suppress_radius}")
+    self.label_radius = int(label_radius)
+    self.suppress_radius = int(suppress_radius)
+    self._picks: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(self.num_images)]
+
+  @property
+  def num_images(self) -> int:
+    return len(self.label_shapes)
+
+  def _shape(self, index: int) -> tuple[int, int]:
+    height, width = self.label_shapes[index]
+    return int(height), int(width)
+
+  def image_picks(self, index: int) -> np.ndarray:
+    """int32 [N, 2] (row, col) of every pick on image `index`, all rounds."""
+    picks = [p for _, p in self._picks[index]]
+    return np.concatenate(picks) if picks else np.zeros((0, 2), np.int32)
+
+  def labeled_mask(self, index: int) -> np.ndarray:
+    return square_union(self._shape(index), self.image_picks(index), self.label_radius)
+
+  def excluded_mask(self, index: int) -> np.ndarray:
+    return square_union(self._shape(index), self.image_picks(index), self.suppress_radius)
+
+  @property
+  def labeled_masks(self) -> LabeledMasks:
+    return LabeledMasks(self)
+
+  def rounds_of(self, index: int) -> tuple[int, ...]:
+    return tuple(r for r, _ in self._picks[index])
+
+  @property
+  def rounds_recorded(self) -> tuple[int, ...]:
+    """Sorted round numbers that hold at least one image's record."""
+    return tuple(sorted({r for image in self._picks for r, _ in image}))
+
+  def record(self, round_index: int, image_index: int, picks: np.ndarray) -> None:
+    """Adds one image's picks of one round; rows of -1 (no candidate left) are dropped."""
+    image_index = int(image_index)
+    if not 0 <= image_index < self.num_images:
+      raise IndexError(f"image {image_index} is outside the pool of {self.num_images}")
+    if round_index in self.rounds_of(image_index):
+      raise ValueError(f"round {round_index} is already recorded for image {image_index}; "
+                       "budget would be spent twice")
+    picks = np.asarray(picks, np.int32).reshape(-1, 2)
+    picks = picks[picks[:, 0] >= 0]
+    height, width = self._shape(image_index)
+    if len(picks) and (picks[:, 0].max() >= height or picks[:, 1].max() >= width
+                       or picks.min() < 0):
+      raise ValueError(f"picks for image {image_index} fall outside its {height}x{width} label")
+    if len(picks) and self.excluded_mask(image_index)[picks[:, 0], picks[:, 1]].any():
+      raise ValueError(f"round {round_index} picks already excluded pixels of image "
+                       f"{image_index}; they were labelled or suppressed before")
+    self._picks[image_index].append((int(round_index), picks))
+
+  def labeled_pixels(self) -> int:
+    """Labelled pixels over the pool.
+
+    With suppress_radius >= 2 * label_radius (RA's 2k, PA's k >= 0) labelled squares never
+    overlap, so their clipped areas add up without building masks.
+    """
+    if self.suppress_radius >= 2 * self.label_radius:
+      total = 0
+      for index in range(self.num_images):
+        picks = self.image_picks(index)
+        height, width = self._shape(index)
+        rows = (np.minimum(picks[:, 0] + self.label_radius, height - 1)
+                - np.maximum(picks[:, 0] - self.label_radius, 0) + 1)
+        cols = (np.minimum(picks[:, 1] + self.label_radius, width - 1)
+                - np.maximum(picks[:, 1] - self.label_radius, 0) + 1)
+        total += int((rows * cols).sum())
+      return total
+    return int(sum(self.labeled_mask(i).sum() for i in range(self.num_images)
+                   if self._picks[i]))
+
+  def labeled_fraction(self) -> float:
+    """Labelled pixels over all pixels of the pool."""
+    return self.labeled_pixels() / float(np.prod(self.label_shapes, axis=1).sum())
+
+  @property
+  def picks(self) -> np.ndarray:
+    """int32 [M, 4]: (round, image, row, col) of every pick, by image then round."""
+    rows = [np.concatenate([np.full((len(p), 2), (r, i), np.int32), p], axis=1)
+            for i, image in enumerate(self._picks) for r, p in image]
+    return np.concatenate(rows) if rows else np.zeros((0, 4), np.int32)
+
+  def state(self) -> dict[str, np.ndarray]:
+    """Arrays that restore the ledger (no empty arrays: a header row leads `picks`)."""
+    header = np.array([[-1, -1, self.label_radius, self.suppress_radius]], np.int32)
+    records = np.array([(r, i) for i, image in enumerate(self._picks) for r, _ in image],
+                       np.int32).reshape(-1, 2)
+    return {"picks": np.concatenate([header, self.picks]),
+            "records": np.concatenate([np.full((1, 2), -1, np.int32), records]),
+            "label_shapes": self.label_shapes.astype(np.int32)}
+
+  @classmethod
+  def from_state(cls, state: dict[str, np.ndarray]) -> "LabelLedger":
+    picks = np.asarray(state["picks"], np.int32)
+    ledger = cls(np.asarray(state["label_shapes"]), label_radius=int(picks[0, 2]),
+                 suppress_radius=int(picks[0, 3]))
+    picks = picks[1:]
+    for round_index, image_index in np.asarray(state["records"], np.int32)[1:]:
+      chosen = (picks[:, ROUND] == round_index) & (picks[:, IMAGE] == image_index)
+      ledger._picks[image_index].append((int(round_index), picks[chosen][:, [ROW, COL]]))
+    return ledger
+
+  def __eq__(self, other) -> bool:
+    if not isinstance(other, LabelLedger):
+      return NotImplemented
+    mine, theirs = self.state(), other.state()
+    return all(np.array_equal(mine[key], theirs[key]) for key in mine)
+
+  def check_matches(self, label_shapes: Sequence[tuple[int, int]]) -> None:
+    """Raises if a restored ledger belongs to a different target pool."""
+    shapes = np.asarray(label_shapes, np.int64).reshape(-1, 2)
+    if not np.array_equal(shapes, self.label_shapes):
+      raise ValueError(
+          f"the checkpoint's label ledger covers {self.num_images} target images whose label "
+          f"sizes differ from the configured target pool ({len(shapes)} images); resume with "
+          "the configuration the run started with, or use a fresh workdir")
