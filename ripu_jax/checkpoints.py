@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -30,7 +31,11 @@ class Checkpoints:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=False))
+                                             enable_async_checkpointing=False),
+        item_handlers={"model": ocp.StandardCheckpointHandler(),
+                       "optimizer": ocp.StandardCheckpointHandler(),
+                       "ledger": ocp.StandardCheckpointHandler(),
+                       "progress": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -58,13 +63,24 @@ class Checkpoints:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         model=ocp.args.StandardRestore(_abstract(nnx.state(model))),
         optimizer=ocp.args.StandardRestore(_abstract(nnx.state(optimizer))),
-        ledger=ocp.args.StandardRestore(),
         progress=ocp.args.JsonRestore(),
     ))
     nnx.update(model, restored.model)
     nnx.update(optimizer, restored.optimizer)
-    ledger = {key: jax.device_get(value) for key, value in restored.ledger.items()}
-    return LabelLedger.from_state(ledger), dict(restored.progress)
+    return self.restore_ledger(step), dict(restored.progress)
+
+  def restore_ledger(self, step: int | None = None) -> LabelLedger:
+    """The ledger of the latest (or given) checkpoint, on any device count."""
+    step = self._manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    # Host numpy targets, shaped from the saved metadata: the ledger does not depend on the
+    # device topology it was saved under.
+    metadata = self._manager.item_metadata(step)["ledger"]
+    target = {key: np.zeros(value.shape, value.dtype) for key, value in metadata.items()}
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        ledger=ocp.args.StandardRestore(target)))
+    return LabelLedger.from_state(dict(restored.ledger))
 
   def restore_model(self, model: nnx.Module) -> int:
     """Loads only the model of the latest checkpoint (to start another run from it)."""

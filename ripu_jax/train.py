@@ -159,10 +159,9 @@ class Trainer:
     self.workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(self.workdir, exist_ok=True)
     self.mesh = acquisition.default_mesh()
+    _check_devices(config, self.mesh.size)
     self.batch_sharding = NamedSharding(self.mesh, P(acquisition.selection_round.DATA_AXIS))
     self.replicated = NamedSharding(self.mesh, P())
-    num_devices = self.mesh.size
-    _check_devices(config, num_devices)
     self.splits = build_splits(config)
     self.class_sets = config_lib.class_sets(config)
     self.label_lookup = config_lib.label_lookup(config)

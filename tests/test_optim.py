@@ -151,3 +151,15 @@ def test_deeplabv3plus_train_step_advances_dropout_rng():
   metrics = step(model, optimizer, _batch(5, size=(20, 28)))
   assert np.isfinite(float(metrics["total"]))
   assert int(model.head.dropout.rngs.count[...]) > count_before
+
+
+def test_source_only_step_uses_only_source_keys():
+  model = models.DeepLabV2(4, **TINY, rngs=nnx.Rngs(0))
+  optimizer = optim.create_optimizer(model, base_lr=1e-3, max_iter=100)
+  batch = {k: v for k, v in _batch(5).items() if k.startswith("source")}
+  metrics = make_train_step(objective="source_only", consistency_weight=0.0)(
+      model, optimizer, batch)
+  assert set(metrics) == {"source_ce", "local_consistency", "total", "grad_norm"}
+  assert float(metrics["total"]) == pytest.approx(float(metrics["source_ce"]))
+  with pytest.raises(ValueError, match="objective"):
+    make_train_step(objective="target_only")

@@ -1,0 +1,256 @@
+"""The trainer end to end on tiny synthetic configs: rounds, exports, resume, devices, errors."""
+
+import glob
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ripu_jax import config_lib
+from ripu_jax import train
+from ripu_jax.checkpoints import Checkpoints
+from ripu_jax.data import DatasetNotPreparedError
+from ripu_jax.metrics_log import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def load_config(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def tiny_config(**overrides):
+  """demo:smoke with three rounds in 10 steps."""
+  config = load_config("demo", "smoke")
+  config.num_steps = 10
+  config.checkpoint_every = 3
+  config.active.round_steps = (2, 5, 8)
+  config.progress_bars = False
+  for key, value in overrides.items():
+    group, _, name = key.rpartition(".")
+    (config[group] if group else config)[name] = value
+  return config
+
+
+def ledger_of(workdir):
+  """The ledger of the latest checkpoint (the model and optimizer are not needed)."""
+  return Checkpoints(os.path.join(workdir, "checkpoints")).restore_ledger()
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_every_config_loads_and_validates(path):
+  name = os.path.basename(path)[:-3]
+  for arg in (None, "smoke"):
+    config = load_config(name, arg)
+    config_lib.validate(config)
+    assert "python -m ripu_jax.main --config configs/" + name in open(path).read()
+  if name != "demo":
+    real = load_config(name)
+    assert real.optim.base_lr == 2.5e-4 and real.optim.max_iter == 62_500
+    assert real.num_steps == 40_000 and real.train.batch_size == 2
+    assert tuple(real.data.target_size) == (640, 1280)
+
+
+def test_release_settings_per_config():
+  assert load_config("synthia").active.ratio == 0.022
+  assert load_config("gtav_v3plus").active.ratio == 0.05
+  assert load_config("gtav_v3plus").model.name == "deeplabv3plus"
+  pa = load_config("synthia_pa")
+  assert (pa.active.kind, pa.active.pixels, pa.active.radius) == ("pa", 40, 32)
+  free = load_config("gtav_source_free")
+  assert free.train.objective == "source_free"
+  assert tuple(free.active.round_steps) == (0, 2_000, 4_000, 6_000, 8_000)
+  assert load_config("gtav_source_only").active.kind == "none"
+  assert set(config_lib.class_sets(load_config("synthia"))) == {"miou", "miou_13"}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("active.ratio", 0.0, "active.ratio"),
+    ("active.round_steps", (4, 2), "increasing"),
+    ("active.round_steps", (2, 50), "before num_steps"),
+    ("active.strategy", "nope", "active.strategy"),
+    ("active.kind", "regions", "active.kind"),
+    ("data.target_size", (0, 10), "data.target_size"),
+    ("train.objective", "other", "train.objective"),
+    ("num_steps", 0, "num_steps"),
+])
+def test_bad_config_values_are_named(field, value, message):
+  config = tiny_config()
+  group, _, name = field.rpartition(".")
+  (config[group] if group else config)[name] = value
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, "/nonexistent/never-created")
+
+
+def test_batch_not_divisible_by_devices(tmp_path, monkeypatch):
+  monkeypatch.setattr(train.acquisition, "default_mesh",
+                      lambda: type("Mesh", (), {"size": 3, "shape": {"data": 3}})())
+  with pytest.raises(ValueError, match="not divisible by the 3 devices"):
+    train.Trainer(tiny_config(), str(tmp_path))
+
+
+def test_missing_data_says_how_to_prepare(tmp_path):
+  config = load_config("gtav", "smoke")
+  config.data.source = "gtav"
+  config.data.data_dir = str(tmp_path / "no-data")
+  with pytest.raises(DatasetNotPreparedError) as error:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  text = str(error.value)
+  assert "python -m ripu_jax.data.prepare --dataset gtav" in text
+  assert "configs/demo.py" in text
+
+
+def test_missing_pretrained_weights(tmp_path):
+  config = tiny_config()
+  config.model.pretrained = str(tmp_path / "resnet101.npz")
+  with pytest.raises(FileNotFoundError, match="convert_torchvision_resnet"):
+    train.Trainer(config, str(tmp_path / "run"))
+
+
+def test_smoke_run_rounds_exports_metrics_and_resume(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny_config()
+  summary = train.train_and_evaluate(config, workdir)
+  records = read_metrics(workdir)
+  evals = [r for r in records if r["kind"] == "eval"]
+  rounds = [r for r in records if r["kind"] == "round"]
+  trains = [r for r in records if r["kind"] == "train"]
+  # An eval before every round and one at the end, each with the labelled fraction so far.
+  assert [r["step"] for r in evals] == [2, 5, 8, 10]
+  assert [r["round"] for r in rounds] == [1, 2, 3]
+  assert [r["step"] for r in trains] == [2, 4, 6, 8, 10]
+  assert {"source_ce", "target_ce", "local_consistency", "negative_learning", "total",
+          "learning_rate"} <= set(trains[0])
+  assert trains[0]["target_ce"] == 0.0 and trains[-1]["target_ce"] > 0.0
+  assert summary["miou"] == evals[-1]["miou"] and set(summary["iou"]) >= {"road", "car"}
+  # Budget: 2.2% over 3 rounds of 3x3 regions, never overlapping.
+  ledger = ledger_of(workdir)
+  assert ledger.rounds_recorded == (1, 2, 3)
+  height, width = config.data.synthetic.height, config.data.synthetic.width
+  per_round = -(-height * width * config.active.ratio / 3 // 9)
+  assert np.all([len(ledger.image_picks(i)) == 3 * per_round for i in range(4)])
+  assert ledger.labeled_fraction() == pytest.approx(3 * per_round * 9 / (height * width),
+                                                    rel=0.2)
+  assert evals[-1]["labelled_fraction"] == pytest.approx(ledger.labeled_fraction())
+  # Exports for annotators: per round a mask per image and the picks, plus overlays.
+  for number in (1, 2, 3):
+    directory = os.path.join(workdir, "rounds", str(number))
+    picks = json.load(open(os.path.join(directory, "picks.json")))
+    assert picks["round"] == number and len(picks["images"]) == 4
+    assert len(glob.glob(os.path.join(directory, "masks", "*.png"))) == 4
+    assert len(glob.glob(os.path.join(directory, "overlays", "*.png"))) == 1
+    from PIL import Image
+    entry = picks["images"][0]
+    mask = np.asarray(Image.open(os.path.join(directory, "masks", entry["name"] + ".png")))
+    from ripu_jax.ledger import square_union
+    np.testing.assert_array_equal(mask > 0, square_union(mask.shape, np.array(entry["picks"]), 1))
+  assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+  # Rerunning a finished run changes nothing and reports the same result.
+  again = train.train_and_evaluate(config, workdir)
+  assert again["miou"] == summary["miou"]
+  assert read_metrics(workdir) == records
+  assert ledger_of(workdir) == ledger
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer = train.Trainer(tiny_config(), workdir)
+  real_step = trainer.train_step
+
+  def poisoned(model, optimizer, batch):
+    metrics = real_step(model, optimizer, batch)
+    if trainer.step >= 3:
+      metrics = dict(metrics, total=np.float32(np.nan))
+    return metrics
+
+  trainer.train_step = poisoned
+  with pytest.raises(FloatingPointError, match=r"step 4: non-finite.*step 3"):
+    trainer.run()
+  trainer.close()
+  assert Checkpoints(os.path.join(workdir, "checkpoints")).latest_step() == 3
+
+
+def _run_main(workdir, overrides, env=None):
+  args = [sys.executable, "-m", "ripu_jax.main", "--config",
+          os.path.join(ROOT, "configs", "demo.py") + ":smoke", "--workdir", workdir,
+          "--config.progress_bars=False"] + overrides
+  return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+KILL_TEST = ["--config.num_steps=10", "--config.checkpoint_every=3",
+             "--config.active.round_steps=(2,5,8)"]
+
+
+def _wait_for(predicate, process, timeout=240):
+  start = time.time()
+  while not predicate():
+    if process.poll() is not None:
+      raise AssertionError(f"process ended before the kill point:\n{process.stdout.read()}")
+    if time.time() - start > timeout:
+      process.kill()
+      raise AssertionError("timed out waiting for the kill point")
+    time.sleep(0.05)
+
+
+def test_sigkill_after_a_round_and_mid_training_resumes_to_the_same_ledger(tmp_path):
+  reference = str(tmp_path / "reference")
+  process = _run_main(reference, KILL_TEST)
+  assert process.wait() == 0, process.stdout.read()
+
+  workdir = str(tmp_path / "killed")
+  # Kill 1: right after round 1 has exported its picks (before its checkpoint is saved).
+  process = _run_main(workdir, KILL_TEST)
+  _wait_for(lambda: os.path.exists(os.path.join(workdir, "rounds", "1", "picks.json")), process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  # Kill 2: mid-training after round 2.
+  process = _run_main(workdir, KILL_TEST)
+  _wait_for(lambda: any(r["kind"] == "train" and r["step"] >= 6 for r in read_metrics(workdir)),
+            process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  process = _run_main(workdir, KILL_TEST)
+  assert process.wait() == 0, process.stdout.read()
+
+  assert ledger_of(workdir) == ledger_of(reference)
+  for number in (1, 2, 3):
+    mine = json.load(open(os.path.join(workdir, "rounds", str(number), "picks.json")))
+    theirs = json.load(open(os.path.join(reference, "rounds", str(number), "picks.json")))
+    assert mine == theirs
+  # The metrics read as one uninterrupted run with the same numbers.
+  mine, theirs = read_metrics(workdir), read_metrics(reference)
+  assert [(r["step"], r["kind"]) for r in mine] == [(r["step"], r["kind"]) for r in theirs]
+  for a, b in zip(mine, theirs):
+    if a["kind"] == "train":
+      assert a["total"] == pytest.approx(b["total"], rel=1e-5)
+
+
+def test_one_and_four_devices_give_the_same_losses_and_ledger(tmp_path):
+  overrides = KILL_TEST + ["--config.train.batch_size=4", "--config.active.batch_size=4",
+                           "--config.eval.batch_size=4"]
+  runs = {}
+  for devices in (1, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    workdir = str(tmp_path / f"devices{devices}")
+    process = _run_main(workdir, overrides, env=env)
+    assert process.wait() == 0, process.stdout.read()
+    runs[devices] = workdir
+  one, four = read_metrics(runs[1]), read_metrics(runs[4])
+  assert [(r["step"], r["kind"]) for r in one] == [(r["step"], r["kind"]) for r in four]
+  for a, b in zip(one, four):
+    if a["kind"] == "train":
+      for term in ("source_ce", "target_ce", "total"):
+        assert a[term] == pytest.approx(b[term], rel=1e-3, abs=1e-5)
+  assert ledger_of(runs[1]) == ledger_of(runs[4])
