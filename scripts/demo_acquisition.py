@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ripu_jax import acquisition
+from ripu_jax import exports
 from ripu_jax.data import labels as labels_lib
 from ripu_jax.data import synthetic
 
@@ -42,24 +43,6 @@ def stand_in_logits(label: np.ndarray, seed: int, noise: float) -> np.ndarray:
   fine = jax.random.normal(key_fine, onehot.shape)
   logits = 6.0 * (0.5 * onehot + 0.5 * soft) + noise * blobs + 0.3 * fine
   return np.asarray(logits[0], np.float32)
-
-
-def save_overlay(path, image, prediction, score, labeled):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 4, figsize=(16, 2.6))
-  picked = image.copy()
-  picked[labeled] = (0.4 * picked[labeled] + 0.6 * np.array([255, 0, 255])).astype(np.uint8)
-  panels = [(image, "target image"), (labels_lib.colorize(prediction), "prediction"),
-            (score, "RIPU score"), (picked, "picked regions (magenta)")]
-  for ax, (data, title) in zip(axes, panels):
-    ax.imshow(data, cmap="inferno" if data.ndim == 2 else None)
-    ax.set_title(title)
-    ax.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
 
 
 def main():
@@ -120,8 +103,8 @@ def main():
       scores = acquisition.ripu_scores(logits[:2], radius=1, mode="region").score
       for i in range(2):
         path = os.path.join(args.workdir, f"overlay_{examples[i]['name']}.png")
-        save_overlay(path, examples[i]["image"], prediction[i], np.asarray(scores[i]),
-                     labeled[i])
+        exports.save_overlay(path, examples[i]["image"], prediction[i], np.asarray(scores[i]),
+                             labeled[i], score_name="RIPU score")
   with open(os.path.join(args.workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(f"wrote overlays and summary.json to {args.workdir}")
