@@ -185,6 +185,10 @@ class Trainer:
       tqdm.write(f"resuming from {self.checkpoints.directory} at step {self.step}")
     else:
       self.ledger = _new_ledger(config, shapes)
+      if config.train.objective == "source_free" and not config.model.init_from:
+        logging.warning("source-free training without model.init_from starts from ImageNet "
+                        "(or random) weights; the method starts from a source-only run: "
+                        "--config.model.init_from=WORKDIR_OF_A_SOURCE_ONLY_RUN")
       if config.model.init_from:
         init_dir = os.path.join(os.path.expanduser(config.model.init_from), "checkpoints")
         init_step = Checkpoints(init_dir).restore_model(self.model)
