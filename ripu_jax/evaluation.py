@@ -8,7 +8,7 @@ the mean IoU over a class subset: SYNTHIA reports 16 classes (mIoU) and 13 (mIoU
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -83,20 +83,3 @@ def summarize(confusion: np.ndarray, class_sets: Mapping[str, Sequence[int]]) ->
                    for c in reported}
   return result
 
-
-def evaluate(model: nnx.Module, batches: Iterable[Mapping[str, np.ndarray]], *,
-             num_classes: int, flip: bool = False, put=None) -> np.ndarray:
-  """Confusion matrix over an eval pass (e.g. `pipeline.eval_loader`).
-
-  Args:
-    put: function placing a host batch array on the devices (e.g. sharded over the mesh);
-      None uses jnp.asarray.
-  """
-  put = put or jnp.asarray
-  step = make_eval_step(num_classes, flip=flip)
-  total = np.zeros((num_classes, num_classes), np.int64)
-  model.eval()
-  for batch in batches:
-    total += np.asarray(step(model, put(batch["image"]), put(batch["label"]),
-                             put(batch["valid"])), np.int64)
-  return total
