@@ -167,6 +167,15 @@ def test_non_finite_logits_name_the_image(bad):
     acquisition.ripu_scores(logits, radius=1, mode="pixel")
 
 
+def test_huge_finite_logits_are_not_reported_as_non_finite():
+  logits = np.zeros((2, 4, 5, 3), np.float32)
+  logits[0, ..., 0] = 3e38  # a sum of these overflows; a finiteness check must not
+  logits[1, ..., 1] = -3e38
+  got = acquisition.ripu_scores(logits, radius=1, mode="region")
+  assert np.all(np.isfinite(got.score))
+  np.testing.assert_array_equal(scores_lib.finite_per_image(jnp.asarray(logits)), [True, True])
+
+
 @pytest.mark.parametrize("size", [(7, 11), (16, 24), (3, 3), (1, 5)])
 def test_upsample_logits_align_corners(size):
   rng = np.random.default_rng(0)

@@ -29,9 +29,9 @@ import numpy as np
 
 from ripu_jax.acquisition.scores import validate_radius
 
-BLOCK = 256
+BLOCK = 128
 MIN_BAND = 1024
-BAND_PER_PICK = 8
+BAND_PER_PICK = 4
 
 
 class Selection(NamedTuple):

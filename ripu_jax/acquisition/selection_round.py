@@ -20,8 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ripu_jax import image_ops
 from ripu_jax.acquisition import budgets
 from ripu_jax.acquisition.greedy import Selection, select_batch
-from ripu_jax.acquisition.scores import (materialized, raise_if_not_finite, validate_logits,
-                                         validate_mode, validate_radius)
+from ripu_jax.acquisition.scores import (finite_per_image, materialized, raise_if_not_finite,
+                                         validate_logits, validate_mode, validate_radius)
 from ripu_jax.acquisition.strategies import get_strategy
 
 DATA_AXIS = "data"
@@ -72,7 +72,7 @@ def _compiled_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
                                     out_specs=P(DATA_AXIS), check_vma=False)
 
   def run(logits, excluded, image_ids, seed):
-    finite = jnp.all(jnp.isfinite(logits), axis=(1, 2, 3))
+    finite = finite_per_image(logits)
     logits = image_ops.resize_bilinear(logits.astype(jnp.float32), label_size)
     base = jax.random.key(seed)
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(image_ids)
