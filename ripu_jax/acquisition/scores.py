@@ -126,14 +126,20 @@ def materialized(fn, *args):
                         lambda state: (state[0] + 1, fn(*args)), init)[1]
 
 
-def _pixel_stats(logits: jax.Array) -> PixelStats:
-  x = logits.astype(jnp.float32)
+def _top_and_label(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Largest logit and its class (the first maximum), as a chain over the classes."""
   z = _class_slices(x)
   top = z[0]
   label = jnp.zeros(top.shape, jnp.int32)
   for c, zc in enumerate(z[1:], start=1):
     label = jnp.where(zc > top, c, label)
     top = jnp.maximum(top, zc)
+  return top, label
+
+
+def _pixel_stats(logits: jax.Array) -> PixelStats:
+  x = logits.astype(jnp.float32)
+  top, label = _top_and_label(x)
   top, x = lax.optimization_barrier((top, x))
   total = sum(jnp.exp(zc - top) for zc in _class_slices(x))
   inv_total, x = lax.optimization_barrier((1.0 / total, x))
@@ -151,6 +157,11 @@ def pixel_stats(logits: jax.Array) -> PixelStats:
   over strided class slices; the maps are materialised for the window code that reads them.
   """
   return materialized(_pixel_stats, logits)
+
+
+def pseudo_label(logits: jax.Array) -> jax.Array:
+  """int32 [B, H, W] pseudo label (first maximum) alone, materialised: no softmax needed."""
+  return materialized(lambda x: _top_and_label(x.astype(jnp.float32))[1], logits)
 
 
 def window_counts(height: int, width: int, radius: int) -> tuple[np.ndarray, np.ndarray]:

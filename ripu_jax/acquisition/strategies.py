@@ -76,7 +76,7 @@ def ripu(logits, *, radius, mode, keys):
 def impurity(logits, *, radius, mode, keys):
   """Region impurity alone (the paper's ablation)."""
   del mode, keys
-  label = scores_lib.pixel_stats(logits).label
+  label = scores_lib.pseudo_label(logits)
   return _normalised(scores_lib.region_impurity(label, logits.shape[-1], radius), logits.shape[-1])
 
 
