@@ -232,12 +232,12 @@ def _running_window_rows(padded: jax.Array, radius: int, row_values, emit) -> ja
 
   def step(vertical, first):
     delta = rows(first + 2 * radius + 1, ROWS_PER_STEP) - rows(first, ROWS_PER_STEP)
-    sums = []
-    for i in range(ROWS_PER_STEP):
-      vertical = vertical + delta[:, i]
-      sums.append(vertical)
-    window = _line_window_sum(jnp.stack(sums, axis=1), radius, axis=2)
-    return vertical, emit(first, window)
+    # Materialised, and summed with a cumsum: a chain of row additions fused into its
+    # consumers recomputes the earlier rows (and their one-hot codes) for every row.
+    delta = lax.optimization_barrier(delta)
+    sums = vertical[:, None] + jnp.cumsum(delta, axis=1)
+    sums, vertical = lax.optimization_barrier((sums, sums[:, -1]))
+    return vertical, emit(first, _line_window_sum(sums, radius, axis=2))
 
   _, out = lax.scan(step, init, jnp.arange(steps) * ROWS_PER_STEP)
   out = jnp.moveaxis(out, 0, 1)  # [B, steps, R, W]
