@@ -15,6 +15,10 @@ images are the same for every seed):
 
 Every run lives in `workdir/seed<s>/<setting>/` (a normal trainer workdir). A finished run
 is never redone, an interrupted one resumes from its checkpoint: rerun the same command.
+Finished runs can be shared without their checkpoints (copy each run's config.json and
+run.json): if a setting still to run finds its seed's source-only model missing, that model
+is trained again (training is deterministic on one machine) and its mIoU checked against the
+stored one.
 Outputs: `results.json` (every run), `results.md` (mean +- std mIoU per setting, rare
 classes' IoU, wall clock) and `miou_vs_budget.png` (mIoU against labelled fraction).
 """
@@ -299,6 +303,33 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
+def _has_checkpoint(directory: str) -> bool:
+  """Whether a run folder holds a finished orbax checkpoint to start other runs from."""
+  folder = os.path.join(directory, "checkpoints")
+  return os.path.isdir(folder) and any(
+      os.path.exists(os.path.join(folder, step, "commit_success.txt"))
+      for step in os.listdir(folder))
+
+
+def ensure_source_model(seed: int, workdir: str, **config_kwargs) -> None:
+  """Retrains a seed's source-only model whose result was kept but whose checkpoint was not."""
+  directory = run_dir(workdir, seed, SOURCE_ONLY)
+  result_path = os.path.join(directory, RESULT_FILE)
+  if _has_checkpoint(directory) or not os.path.exists(result_path):
+    return  # present, or not trained yet (run_setting trains it first)
+  with open(result_path) as f:
+    stored = json.load(f)
+  print(f"    seed {seed}: the source-only model is missing (results copied without "
+        "checkpoints?); training it again", flush=True)
+  os.replace(result_path, result_path + ".stored")
+  result = run_setting(SETTINGS_BY_NAME[SOURCE_ONLY], seed, workdir, **config_kwargs)
+  os.remove(result_path + ".stored")
+  if abs(result["miou"] - stored["miou"]) > 1e-6:
+    print(f"WARNING: seed {seed}'s retrained source-only model scores {result['miou']:.3f} "
+          f"mIoU, the stored run {stored['miou']:.3f}: this machine does not reproduce it "
+          "exactly, so runs started from the new model mix with older ones", flush=True)
+
+
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
   from absl import logging  # pylint: disable=g-import-not-at-top
@@ -311,9 +342,11 @@ def main(argv=None) -> list[dict]:
     done = os.path.exists(os.path.join(run_dir(args.workdir, seed, setting.name), RESULT_FILE))
     print(f"[{number}/{len(runs)}] seed {seed} {setting.name}"
           f"{' (finished before)' if done else ''}", flush=True)
-    result = run_setting(setting, seed, args.workdir, source_steps=args.source_steps,
-                         adapt_steps=args.adapt_steps, smoke=args.smoke,
-                         progress_bars=sys.stderr.isatty())
+    config_kwargs = dict(source_steps=args.source_steps, adapt_steps=args.adapt_steps,
+                         smoke=args.smoke, progress_bars=sys.stderr.isatty())
+    if not done and setting.name != SOURCE_ONLY:
+      ensure_source_model(seed, args.workdir, **config_kwargs)
+    result = run_setting(setting, seed, args.workdir, **config_kwargs)
     results.append(result)
     print(f"    mIoU {result['miou']:.1f}, labelled {result['labelled_fraction']:.3%}, "
           f"{result['seconds'] / 60:.1f} min", flush=True)

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -121,6 +122,30 @@ def test_smoke_comparison_writes_results_and_resumes(tmp_path, monkeypatch, caps
   # A changed protocol in the same workdir is refused instead of mixing results.
   with pytest.raises(ValueError, match="other settings"):
     compare.main(args + ["--adapt-steps", "8"])
+
+
+def test_results_shared_without_checkpoints_retrain_the_source_model(tmp_path, capsys):
+  workdir = str(tmp_path / "compare")
+  base = ["--workdir", workdir, "--smoke", "--seeds", "0"]
+  first = {r["setting"]: r for r in compare.main(base + ["--settings", "ripu_ra_2.2"])}
+  source_dir = compare.run_dir(workdir, 0, "source_only")
+  # Keep only config.json and run.json, as when finished runs are shared.
+  for name in os.listdir(source_dir):
+    if name not in (train.CONFIG_FILE, compare.RESULT_FILE):
+      path = os.path.join(source_dir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+  capsys.readouterr()
+  rows = {r["setting"]: r for r in compare.main(base + ["--settings", "ripu_ra_2.2,full"])}
+  out = capsys.readouterr().out
+  assert "source-only model is missing" in out and "WARNING" not in out
+  assert out.count("(finished before)") == 2  # source_only and ripu_ra_2.2 are not redone
+  assert rows["source_only"]["miou"] == first["source_only"]["miou"]
+  assert rows["ripu_ra_2.2"]["miou"] == first["ripu_ra_2.2"]["miou"]
+  assert compare._has_checkpoint(source_dir)  # pylint: disable=protected-access
+  assert "full" in rows
 
 
 def test_bad_arguments_say_what_is_allowed(capsys):
