@@ -1,7 +1,8 @@
 """Acquisition strategies compared on the synthetic benchmark: mIoU per strategy and budget.
 
-  python scripts/compare_strategies.py --workdir runs/compare            # 3 seeds, ~1.5 h on 2 CPU cores
+  python scripts/compare_strategies.py --workdir runs/compare            # 3 seeds, ~3 h on 2 CPU cores
   python scripts/compare_strategies.py --workdir /tmp/compare --smoke    # tiny, a minute or two
+  python scripts/compare_strategies.py --workdir runs/compare --report   # tabulate finished runs
 
 Protocol, per seed (the seed sets initialisation, data order and random picks; the benchmark's
 images are the same for every seed):
@@ -282,6 +283,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="steps of every other setting (default 600; smoke 6)")
   parser.add_argument("--smoke", action="store_true",
                       help="tiny images and networks: checks the pipeline, not the method")
+  parser.add_argument("--report", action="store_true",
+                      help="train nothing: tabulate and plot the runs that have finished")
   args = parser.parse_args(argv)
   try:
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -341,7 +344,10 @@ def main(argv=None) -> list[dict]:
   for number, (seed, setting) in enumerate(runs, start=1):
     done = os.path.exists(os.path.join(run_dir(args.workdir, seed, setting.name), RESULT_FILE))
     print(f"[{number}/{len(runs)}] seed {seed} {setting.name}"
-          f"{' (finished before)' if done else ''}", flush=True)
+          f"{' (finished before)' if done else ' (not finished: left out)' if args.report else ''}",
+          flush=True)
+    if args.report and not done:
+      continue
     config_kwargs = dict(source_steps=args.source_steps, adapt_steps=args.adapt_steps,
                          smoke=args.smoke, progress_bars=sys.stderr.isatty())
     if not done and setting.name != SOURCE_ONLY:
@@ -350,7 +356,11 @@ def main(argv=None) -> list[dict]:
     results.append(result)
     print(f"    mIoU {result['miou']:.1f}, labelled {result['labelled_fraction']:.3%}, "
           f"{result['seconds'] / 60:.1f} min", flush=True)
-    write_outputs(results, args.workdir)  # partial tables while the comparison runs
+    if not args.report:
+      write_outputs(results, args.workdir)  # partial tables while the comparison runs
+  if not results:
+    print("no finished runs to report")
+    return []
   rows = write_outputs(results, args.workdir)
   print(format_table(rows))
   gap = domain_gap(rows)

@@ -119,6 +119,14 @@ def test_smoke_comparison_writes_results_and_resumes(tmp_path, monkeypatch, caps
   assert capsys.readouterr().out.count("(finished before)") == 3
   assert [r["miou"] for r in again] == [r["miou"] for r in rows]
 
+  # --report tabulates finished runs and leaves out the others, training nothing.
+  capsys.readouterr()
+  reported = compare.main(args[:-1] + ["ripu_ra_2.2,full,random_ra_2.2", "--report"])
+  out = capsys.readouterr().out
+  assert "random_ra_2.2 (not finished: left out)" in out
+  assert [r["miou"] for r in reported] == [r["miou"] for r in rows]
+  assert not os.path.exists(compare.run_dir(workdir, 0, "random_ra_2.2"))
+
   # A changed protocol in the same workdir is refused instead of mixing results.
   with pytest.raises(ValueError, match="other settings"):
     compare.main(args + ["--adapt-steps", "8"])
