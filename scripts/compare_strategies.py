@@ -121,8 +121,11 @@ def make_config(setting: Setting, seed: int, workdir: str, *, source_steps: int,
   return config
 
 
-def _config_text(config) -> str:
-  return config.to_json_best_effort(indent=1, sort_keys=True)
+def _protocol(config_json: str) -> dict:
+  """A run's config without the source-only model's path, which names the workdir's place."""
+  config = json.loads(config_json)
+  config.get("model", {}).pop("init_from", None)
+  return config
 
 
 def run_setting(setting: Setting, seed: int, workdir: str, **config_kwargs) -> dict:
@@ -133,7 +136,7 @@ def run_setting(setting: Setting, seed: int, workdir: str, **config_kwargs) -> d
   stored_config = os.path.join(directory, train.CONFIG_FILE)
   if os.path.exists(stored_config):
     with open(stored_config) as f:
-      if f.read() != _config_text(config):
+      if _protocol(f.read()) != _protocol(config.to_json_best_effort()):
         raise ValueError(
             f"{directory} holds a run made with other settings (its {train.CONFIG_FILE} differs "
             "from this command's config, e.g. --smoke or the step counts changed). Use a new "

@@ -133,26 +133,25 @@ def test_smoke_comparison_writes_results_and_resumes(tmp_path, monkeypatch, caps
 
 
 def test_results_shared_without_checkpoints_retrain_the_source_model(tmp_path, capsys):
-  workdir = str(tmp_path / "compare")
-  base = ["--workdir", workdir, "--smoke", "--seeds", "0"]
-  first = {r["setting"]: r for r in compare.main(base + ["--settings", "ripu_ra_2.2"])}
-  source_dir = compare.run_dir(workdir, 0, "source_only")
-  # Keep only config.json and run.json, as when finished runs are shared.
-  for name in os.listdir(source_dir):
-    if name not in (train.CONFIG_FILE, compare.RESULT_FILE):
-      path = os.path.join(source_dir, name)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      else:
-        os.remove(path)
+  original = str(tmp_path / "original")
+  first = {r["setting"]: r for r in compare.main(
+      ["--workdir", original, "--smoke", "--seeds", "0", "--settings", "ripu_ra_2.2"])}
+  # Share the finished runs elsewhere as their config.json and run.json alone.
+  shared = str(tmp_path / "shared")
+  for setting in ("source_only", "ripu_ra_2.2"):
+    os.makedirs(compare.run_dir(shared, 0, setting))
+    for name in (train.CONFIG_FILE, compare.RESULT_FILE):
+      shutil.copy(os.path.join(compare.run_dir(original, 0, setting), name),
+                  os.path.join(compare.run_dir(shared, 0, setting), name))
   capsys.readouterr()
-  rows = {r["setting"]: r for r in compare.main(base + ["--settings", "ripu_ra_2.2,full"])}
+  rows = {r["setting"]: r for r in compare.main(
+      ["--workdir", shared, "--smoke", "--seeds", "0", "--settings", "ripu_ra_2.2,full"])}
   out = capsys.readouterr().out
   assert "source-only model is missing" in out and "WARNING" not in out
   assert out.count("(finished before)") == 2  # source_only and ripu_ra_2.2 are not redone
   assert rows["source_only"]["miou"] == first["source_only"]["miou"]
   assert rows["ripu_ra_2.2"]["miou"] == first["ripu_ra_2.2"]["miou"]
-  assert compare._has_checkpoint(source_dir)  # pylint: disable=protected-access
+  assert compare._has_checkpoint(compare.run_dir(shared, 0, "source_only"))  # pylint: disable=protected-access
   assert "full" in rows
 
 
