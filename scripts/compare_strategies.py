@@ -122,9 +122,11 @@ def make_config(setting: Setting, seed: int, workdir: str, *, source_steps: int,
 
 
 def _protocol(config_json: str) -> dict:
-  """A run's config without the source-only model's path, which names the workdir's place."""
+  """A run's config without what does not change its result: the source-only model's path
+  (it names the workdir's place) and whether progress bars were drawn (a terminal or not)."""
   config = json.loads(config_json)
   config.get("model", {}).pop("init_from", None)
+  config.pop("progress_bars", None)
   return config
 
 

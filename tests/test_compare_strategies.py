@@ -132,7 +132,8 @@ def test_smoke_comparison_writes_results_and_resumes(tmp_path, monkeypatch, caps
     compare.main(args + ["--adapt-steps", "8"])
 
 
-def test_results_shared_without_checkpoints_retrain_the_source_model(tmp_path, capsys):
+def test_results_shared_without_checkpoints_retrain_the_source_model(tmp_path, capsys,
+                                                                     monkeypatch):
   original = str(tmp_path / "original")
   first = {r["setting"]: r for r in compare.main(
       ["--workdir", original, "--smoke", "--seeds", "0", "--settings", "ripu_ra_2.2"])}
@@ -144,6 +145,7 @@ def test_results_shared_without_checkpoints_retrain_the_source_model(tmp_path, c
       shutil.copy(os.path.join(compare.run_dir(original, 0, setting), name),
                   os.path.join(compare.run_dir(shared, 0, setting), name))
   capsys.readouterr()
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # progress bars on: same protocol
   rows = {r["setting"]: r for r in compare.main(
       ["--workdir", shared, "--smoke", "--seeds", "0", "--settings", "ripu_ra_2.2,full"])}
   out = capsys.readouterr().out
