@@ -363,7 +363,8 @@ def main(argv=None) -> list[dict]:
     if not args.report:
       write_outputs(results, args.workdir)  # partial tables while the comparison runs
   if not results:
-    print("no finished runs to report")
+    print(f"no finished runs in {args.workdir} for these seeds and settings: run the same "
+          "command without --report to train them")
     return []
   rows = write_outputs(results, args.workdir)
   print(format_table(rows))
