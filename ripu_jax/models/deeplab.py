@@ -41,6 +41,15 @@ def _check_images(images: jax.Array) -> None:
     raise ValueError(f"expected NHWC images with 3 channels, got shape {images.shape}")
 
 
+def _backbone(num_classes: int, depth: int, blocks, width_multiplier: float,
+              residual_gamma: float, dtype: jnp.dtype, rngs: nnx.Rngs) -> ResNet:
+  """The dilated ResNet both networks share (output stride 8), after checking num_classes."""
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+  return ResNet(depth, blocks=blocks, width_multiplier=width_multiplier,
+                residual_gamma=residual_gamma, dtype=dtype, rngs=rngs)
+
+
 class ASPPV2(nnx.Module):
   """DeepLab-v2 classifier: parallel dilated 3x3 convs straight to class scores, summed."""
 
@@ -101,18 +110,10 @@ class DeepLabV2(nnx.Module):
       dtype: compute dtype (float32 or bfloat16); parameters and logits are float32.
       rngs: random streams (`params`).
     """
-    if num_classes < 1:
-      raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     self.num_classes = num_classes
     self.dtype = canonical_dtype(dtype)
-    self.backbone = ResNet(
-        depth,
-        blocks=blocks,
-        width_multiplier=width_multiplier,
-        residual_gamma=residual_gamma,
-        dtype=self.dtype,
-        rngs=rngs,
-    )
+    self.backbone = _backbone(num_classes, depth, blocks, width_multiplier, residual_gamma,
+                              self.dtype, rngs)
     self.head = ASPPV2(
         self.backbone.out_features, num_classes, dilations=dilations, dtype=self.dtype, rngs=rngs)
 
@@ -252,18 +253,10 @@ class DeepLabV3Plus(nnx.Module):
       dtype: compute dtype (float32 or bfloat16); parameters and logits are float32.
       rngs: random streams (`params`, and `dropout` or `default` for dropout masks).
     """
-    if num_classes < 1:
-      raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     self.num_classes = num_classes
     self.dtype = canonical_dtype(dtype)
-    self.backbone = ResNet(
-        depth,
-        blocks=blocks,
-        width_multiplier=width_multiplier,
-        residual_gamma=residual_gamma,
-        dtype=self.dtype,
-        rngs=rngs,
-    )
+    self.backbone = _backbone(num_classes, depth, blocks, width_multiplier, residual_gamma,
+                              self.dtype, rngs)
     self.head = DeepLabV3PlusHead(
         self.backbone.out_features,
         self.backbone.low_features,
