@@ -7,8 +7,9 @@ For each image size and case (RA k=1 at 2.2% and 5% of pixels over 5 rounds; PA 
 k=32 with 40 pixels over 5 rounds), on the same logits (C = 19, one image):
 
 * ripu_jax: score pass, greedy selection, and the whole round as `select_round` compiles it
-  (all in: finiteness check, scores, selection, masks);
-  medians of --runs timed runs after one warm-up (compilation excluded).
+  (all in: finiteness check, scores, selection, masks); medians of --runs timed runs after
+  one warm-up (compilation excluded), the three calls taking turns so that they see the same
+  machine load (the JSON also keeps the all-in call's fastest and slowest run).
 * release-style: box sums as depthwise convolutions (`lax.conv_general_dilated`, as the
   release's conv2d) and one full-map arg-max per pick (numpy loop), written from the method
   description. Its picks are checked against ripu_jax's greedy on the same score map.
@@ -65,6 +66,25 @@ def timed(fn, runs: int) -> tuple[float, object]:
     result = jax.block_until_ready(fn())
     times.append((time.perf_counter() - start) * 1e3)
   return statistics.median(times), result
+
+
+def timed_interleaved(fns: dict, runs: int) -> tuple[dict, dict]:
+  """Wall times in ms of several calls, measured in turns: each round calls each once.
+
+  On a shared machine the speed drifts over seconds to minutes; taking turns lets the parts
+  and the whole see the same conditions, so their medians stay comparable. Returns
+  ({name: {"median", "min", "max"}}, {name: last result}) after one warm-up call each.
+  """
+  results = {name: jax.block_until_ready(fn()) for name, fn in fns.items()}
+  times = {name: [] for name in fns}
+  for _ in range(runs):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      results[name] = jax.block_until_ready(fn())
+      times[name].append((time.perf_counter() - start) * 1e3)
+  stats = {name: {"median": statistics.median(t), "min": min(t), "max": max(t)}
+           for name, t in times.items()}
+  return stats, results
 
 
 # ----------------------------------------------------------------------------------------
@@ -146,13 +166,19 @@ def bench_case(logits, name, kind, radius, budget, args) -> dict:
     return round_jit(x, excluded, ids, seed)
 
   score_jit, select_jit = jax.jit(score_fn), jax.jit(select_fn)
-  score_ms, score = timed(lambda: score_jit(logits), args.runs)
-  select_ms, _ = timed(lambda: select_jit(score), args.runs)
-  total_ms, (selection, _) = timed(lambda: round_fn(logits), args.runs)
+  score = jax.block_until_ready(score_jit(logits))
+  times, results = timed_interleaved({
+      "score": lambda: score_jit(logits),
+      "select": lambda: select_jit(score),
+      "total": lambda: round_fn(logits),
+  }, args.runs)
+  selection, _ = results["total"]
   row = {
       "case": name, "size": f"{height}x{width}", "picks_per_image": plan.num_picks,
-      "ripu_jax_score_ms": score_ms, "ripu_jax_select_ms": select_ms,
-      "ripu_jax_total_ms": total_ms,
+      "ripu_jax_score_ms": times["score"]["median"],
+      "ripu_jax_select_ms": times["select"]["median"],
+      "ripu_jax_total_ms": times["total"]["median"],
+      "ripu_jax_total_ms_min_max": [times["total"]["min"], times["total"]["max"]],
       "ripu_jax_extra_memory_bytes": memory_bytes(round_jit, logits, excluded, ids, seed),
       "logits_bytes": int(logits.size * logits.dtype.itemsize),
       "picks_made": int((np.asarray(selection.picks)[0, :, 0] >= 0).sum()),
@@ -229,7 +255,8 @@ def main():
       "jax": jax.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
       "machine": platform.processor() or platform.machine(),
-      "timing": "median of --runs calls after a warm-up call, one image, wall clock",
+      "timing": ("median of --runs calls after a warm-up call, one image, wall clock; "
+                 "ripu_jax's score, select and all-in calls are timed in turns"),
   }
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:

@@ -1,0 +1,30 @@
+"""scripts/benchmark_acquisition.py on a tiny image: it runs, and its parity checks hold."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tiny_benchmark_writes_a_consistent_table(tmp_path):
+  out = tmp_path / "acquisition.json"
+  subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "benchmark_acquisition.py"),
+       "--sizes", "48x96", "--runs", "3", "--baseline-runs", "1", "--baseline-pa-runs", "1",
+       "--out", str(out)],
+      check=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = json.loads(out.read_text())
+  assert [row["case"] for row in result["rows"]] == [
+      "RA k=1 2.2%", "RA k=1 5%", "PA k=25 40px", "PA k=32 40px"]
+  for row in result["rows"]:
+    # ripu_jax's greedy on the release-style score map makes the release-style loop's picks,
+    # and the two score maps agree.
+    assert row["same_picks_on_release_scores"], row
+    assert row["max_abs_score_diff_vs_release_style"] < 1e-5, row
+    assert row["picks_made"] == row["picks_per_image"] > 0, row
+    fastest, slowest = row["ripu_jax_total_ms_min_max"]
+    assert 0 < fastest <= row["ripu_jax_total_ms"] <= slowest, row
+    assert 0 < row["ripu_jax_extra_memory_bytes"]
+  assert "| 48x96 | PA k=32 40px |" in result["table"]
