@@ -2,6 +2,12 @@
 
   python scripts/benchmark_acquisition.py                    # full table (minutes)
   python scripts/benchmark_acquisition.py --sizes 256x512 --runs 3 --baseline-pa-runs 1
+  python scripts/benchmark_acquisition.py --baselines-from benchmarks/acquisition.json
+      # ripu_jax again after a change (a minute); the release-style columns are copied
+
+ripu_jax's cases are all timed first, back to back (a minute or two), then the release-style
+version's (half an hour at the default sizes): on a shared machine whose speed drifts over
+minutes, ripu_jax's figures and the floor then come from the same stretch of time.
 
 For each image size and case (RA k=1 at 2.2% and 5% of pixels over 5 rounds; PA k=25 and
 k=32 with 40 pixels over 5 rounds), on the same logits (C = 19, one image):
@@ -140,11 +146,15 @@ def memory_bytes(jitted, *args) -> int:
   return int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
 
 
-def bench_case(logits, name, kind, radius, budget, args) -> dict:
-  _, height, width, _ = logits.shape
-  plan = acquisition.plan_round(kind, height, width, radius=radius, rounds=5,
+def make_plan(kind, height, width, radius, budget):
+  return acquisition.plan_round(kind, height, width, radius=radius, rounds=5,
                                 ratio=budget if kind == "ra" else None,
                                 pixels=budget if kind == "pa" else None)
+
+
+def bench_ripu_jax(logits, name, plan, runs) -> tuple[dict, np.ndarray]:
+  """ripu_jax's timings and memory for one case; also returns its score map [H, W]."""
+  _, height, width, _ = logits.shape
   excluded = jnp.zeros((1, height, width), bool)
   strategy = acquisition.get_strategy("ripu")
   keys = jax.random.key(0)[None]
@@ -162,16 +172,13 @@ def bench_case(logits, name, kind, radius, budget, args) -> dict:
       acquisition.default_mesh(), "ripu", (height, width), plan)
   ids, seed = jnp.zeros((1,), jnp.int32), jnp.int32(0)
 
-  def round_fn(x):
-    return round_jit(x, excluded, ids, seed)
-
   score_jit, select_jit = jax.jit(score_fn), jax.jit(select_fn)
   score = jax.block_until_ready(score_jit(logits))
   times, results = timed_interleaved({
       "score": lambda: score_jit(logits),
       "select": lambda: select_jit(score),
-      "total": lambda: round_fn(logits),
-  }, args.runs)
+      "total": lambda: round_jit(logits, excluded, ids, seed),
+  }, runs)
   selection, _ = results["total"]
   row = {
       "case": name, "size": f"{height}x{width}", "picks_per_image": plan.num_picks,
@@ -183,28 +190,45 @@ def bench_case(logits, name, kind, radius, budget, args) -> dict:
       "logits_bytes": int(logits.size * logits.dtype.itemsize),
       "picks_made": int((np.asarray(selection.picks)[0, :, 0] >= 0).sum()),
   }
-  baseline_runs = args.baseline_pa_runs if kind == "pa" else args.baseline_runs
-  if baseline_runs > 0:
-    base_score_ms, base_score = timed(
-        lambda: release_style_score(logits, plan.radius, plan.mode), baseline_runs)
-    base_score = np.asarray(base_score)[0]
-    base_select_ms, base_picks = timed(
-        lambda: release_style_select(base_score, plan.num_picks, plan.suppress_radius),
-        baseline_runs)
-    ours_on_base = greedy_lib.select_batch(jnp.asarray(base_score)[None], excluded,
-                                           num_picks=plan.num_picks,
-                                           label_radius=plan.label_radius,
-                                           suppress_radius=plan.suppress_radius)
-    ours_picks = [tuple(p) for p in np.asarray(ours_on_base.picks)[0].tolist() if p[0] >= 0]
-    row.update({
-        "release_style_score_ms": base_score_ms, "release_style_select_ms": base_select_ms,
-        "release_style_total_ms": base_score_ms + base_select_ms,
-        "release_style_runs": baseline_runs,
-        "same_picks_on_release_scores": ours_picks == base_picks,
-        "max_abs_score_diff_vs_release_style": float(np.max(np.abs(
-            np.asarray(score)[0] - base_score))),
-    })
-  return row
+  return row, np.asarray(score)[0]
+
+
+def bench_release_style(logits, plan, score: np.ndarray, runs: int) -> dict:
+  """The release-style version's timings, and whether ripu_jax's greedy matches its picks."""
+  base_score_ms, base_score = timed(
+      lambda: release_style_score(logits, plan.radius, plan.mode), runs)
+  base_score = np.asarray(base_score)[0]
+  base_select_ms, base_picks = timed(
+      lambda: release_style_select(base_score, plan.num_picks, plan.suppress_radius), runs)
+  excluded = jnp.zeros((1,) + base_score.shape, bool)
+  ours_on_base = greedy_lib.select_batch(jnp.asarray(base_score)[None], excluded,
+                                         num_picks=plan.num_picks,
+                                         label_radius=plan.label_radius,
+                                         suppress_radius=plan.suppress_radius)
+  ours_picks = [tuple(p) for p in np.asarray(ours_on_base.picks)[0].tolist() if p[0] >= 0]
+  return {
+      "release_style_score_ms": base_score_ms, "release_style_select_ms": base_select_ms,
+      "release_style_total_ms": base_score_ms + base_select_ms,
+      "release_style_runs": runs,
+      "same_picks_on_release_scores": ours_picks == base_picks,
+      "max_abs_score_diff_vs_release_style": float(np.max(np.abs(score - base_score))),
+  }
+
+
+def earlier_release_style(path: str | None) -> tuple[dict, str | None]:
+  """({(size, case): release-style fields}, its command) from an earlier run's JSON."""
+  if not path:
+    return {}, None
+  try:
+    with open(path) as f:
+      earlier = json.load(f)
+    rows = earlier["rows"]
+  except (OSError, ValueError, KeyError) as e:
+    raise SystemExit(f"--baselines-from {path}: cannot read an earlier benchmark JSON ({e})")
+  return {(r["size"], r["case"]): {k: v for k, v in r.items() if k.startswith("release_style")
+                                   or k in ("same_picks_on_release_scores",
+                                            "max_abs_score_diff_vs_release_style")}
+          for r in rows if "release_style_total_ms" in r}, earlier.get("meta", {}).get("command")
 
 
 def main():
@@ -215,21 +239,39 @@ def main():
                       help="timed runs of the release-style RA version (0 skips it)")
   parser.add_argument("--baseline-pa-runs", type=int, default=1,
                       help="timed runs of the release-style PA version (minutes each; 0 skips)")
+  parser.add_argument("--baselines-from", default=None,
+                      help="take the release-style columns from this earlier JSON instead of "
+                           "rerunning them (they do not depend on ripu_jax's code)")
   parser.add_argument("--out", default="benchmarks/acquisition.json")
   args = parser.parse_args()
   if args.runs < 3:
     parser.error("--runs must be at least 3 (the table reports medians)")
+  reused, reused_command = earlier_release_style(args.baselines_from)
 
-  rows, floors = [], {}
+  # ripu_jax and the floor first, all cases back to back: their figures come from the same
+  # minute or two of machine time, not spread over the baselines' half hour.
+  rows, cases = [], []
   for size in args.sizes.split(","):
     height, width = (int(v) for v in size.lower().split("x"))
     logits = realistic_logits(height, width)
     floor_fn = jax.jit(lambda x: scores_lib.pixel_stats(x).entropy)
-    floors[size] = timed(lambda: floor_fn(logits), args.runs)[0]
+    floor_ms = timed(lambda: floor_fn(logits), args.runs)[0]
     for name, kind, radius, budget in CASES:
-      row = bench_case(logits, name, kind, radius, budget, args)
-      row["floor_entropy_ms"] = floors[size]
+      plan = make_plan(kind, height, width, radius, budget)
+      row, score = bench_ripu_jax(logits, name, plan, args.runs)
+      row["floor_entropy_ms"] = floor_ms
       rows.append(row)
+      cases.append((logits, plan, score))
+      print(json.dumps(row), flush=True)
+
+  for row, (logits, plan, score) in zip(rows, cases):
+    key = (row["size"], row["case"])
+    if key in reused:
+      row.update(reused[key], release_style_from=args.baselines_from)
+      continue
+    runs = args.baseline_pa_runs if plan.mode == "pixel" else args.baseline_runs
+    if runs > 0:
+      row.update(bench_release_style(logits, plan, score, runs))
       print(json.dumps(row), flush=True)
 
   header = ("| size | case | picks | ripu_jax score | select | all in | extra mem / logits "
@@ -246,15 +288,19 @@ def main():
         f"**{r['ripu_jax_total_ms']:.0f} ms** | "
         f"{r['ripu_jax_extra_memory_bytes'] / r['logits_bytes']:.2f}x | {base} | "
         f"{r['floor_entropy_ms']:.0f} ms |")
+  if any("release_style_from" in r for r in rows):
+    lines.append(f"\nRelease-style columns from {args.baselines_from} (made with "
+                 f"`{reused_command}`).")
   table = "\n".join(lines)
   print()
   print(table)
   meta = {
       "command": "python scripts/benchmark_acquisition.py " + " ".join(
-          f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+          f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
       "jax": jax.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
       "machine": platform.processor() or platform.machine(),
+      "release_style_command": reused_command,
       "timing": ("median of --runs calls after a warm-up call, one image, wall clock; "
                  "ripu_jax's score, select and all-in calls are timed in turns"),
   }

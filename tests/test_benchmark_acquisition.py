@@ -28,3 +28,26 @@ def test_tiny_benchmark_writes_a_consistent_table(tmp_path):
     assert 0 < fastest <= row["ripu_jax_total_ms"] <= slowest, row
     assert 0 < row["ripu_jax_extra_memory_bytes"]
   assert "| 48x96 | PA k=32 40px |" in result["table"]
+
+
+def test_release_style_columns_can_be_reused(tmp_path):
+  earlier = {"meta": {"command": "python scripts/benchmark_acquisition.py --sizes 48x96"},
+             "rows": [{"size": "48x96", "case": "RA k=1 2.2%", "release_style_score_ms": 7.0,
+                       "release_style_select_ms": 3.0, "release_style_total_ms": 10.0,
+                       "release_style_runs": 3, "same_picks_on_release_scores": True,
+                       "max_abs_score_diff_vs_release_style": 1e-7,
+                       "ripu_jax_total_ms": 999.0}]}
+  (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+  out = tmp_path / "again.json"
+  subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "benchmark_acquisition.py"),
+       "--sizes", "48x96", "--runs", "3", "--baseline-runs", "0", "--baseline-pa-runs", "0",
+       "--baselines-from", str(tmp_path / "earlier.json"), "--out", str(out)],
+      check=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = json.loads(out.read_text())
+  rows = {row["case"]: row for row in result["rows"]}
+  assert rows["RA k=1 2.2%"]["release_style_total_ms"] == 10.0
+  assert rows["RA k=1 2.2%"]["ripu_jax_total_ms"] != 999.0  # measured again, not copied
+  assert "release_style_total_ms" not in rows["PA k=32 40px"]  # not in the earlier file
+  assert result["meta"]["release_style_command"] == earlier["meta"]["command"]
+  assert "made with `python scripts/benchmark_acquisition.py --sizes 48x96`" in result["table"]
