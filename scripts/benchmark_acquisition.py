@@ -63,17 +63,6 @@ def realistic_logits(height: int, width: int, seed: int = 0) -> jax.Array:
   return jax.block_until_ready(logits)
 
 
-def timed(fn, runs: int) -> tuple[float, object]:
-  """Median wall time in ms over `runs` calls after one warm-up call."""
-  result = jax.block_until_ready(fn())
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    result = jax.block_until_ready(fn())
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times), result
-
-
 def timed_interleaved(fns: dict, runs: int) -> tuple[dict, dict]:
   """Wall times in ms of several calls, measured in turns: each round calls each once.
 
@@ -91,6 +80,12 @@ def timed_interleaved(fns: dict, runs: int) -> tuple[dict, dict]:
   stats = {name: {"median": statistics.median(t), "min": min(t), "max": max(t)}
            for name, t in times.items()}
   return stats, results
+
+
+def timed(fn, runs: int) -> tuple[float, object]:
+  """Median wall time in ms over `runs` calls after one warm-up call, and the last result."""
+  stats, results = timed_interleaved({"call": fn}, runs)
+  return stats["call"]["median"], results["call"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -224,7 +219,9 @@ def earlier_release_style(path: str | None) -> tuple[dict, str | None]:
       earlier = json.load(f)
     rows = earlier["rows"]
   except (OSError, ValueError, KeyError) as e:
-    raise SystemExit(f"--baselines-from {path}: cannot read an earlier benchmark JSON ({e})")
+    raise SystemExit(f"--baselines-from {path}: cannot read an earlier benchmark JSON ({e}); "
+                     "give the --out file of an earlier run, or leave the option out to time "
+                     "the release-style version again")
   return {(r["size"], r["case"]): {k: v for k, v in r.items() if k.startswith("release_style")
                                    or k in ("same_picks_on_release_scores",
                                             "max_abs_score_diff_vs_release_style")}
