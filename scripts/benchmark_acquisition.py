@@ -21,8 +21,9 @@ k=32 with 40 pixels over 5 rounds), on the same logits (C = 19, one image):
   description. Its picks are checked against ripu_jax's greedy on the same score map.
 * floor: the softmax-entropy pass alone (it reads the logits once).
 
-Memory: XLA's buffer assignment of the jitted round (temporaries + outputs), compared with
-the logits' size. Prints a markdown table and writes JSON (--out).
+Memory: XLA's buffer assignment of the round's two jitted stages (temporaries + outputs of
+the score stage, or its score map plus the select stage's, whichever is larger), compared
+with the logits' size. Prints a markdown table and writes JSON (--out).
 """
 
 from __future__ import annotations
@@ -136,9 +137,18 @@ def release_style_select(score: np.ndarray, num_picks: int, suppress_radius: int
 
 # ----------------------------------------------------------------------------------------
 
-def memory_bytes(jitted, *args) -> int:
+def memory_bytes(jitted, *args) -> tuple[int, int]:
+  """(temporaries, outputs) in bytes, from XLA's buffer assignment of a jitted call."""
   analysis = jitted.lower(*args).compile().memory_analysis()
-  return int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
+  return int(analysis.temp_size_in_bytes), int(analysis.output_size_in_bytes)
+
+
+def round_memory_bytes(round_fn, logits, excluded, ids, seed) -> int:
+  """Peak extra memory of a round: its score stage, or its score map plus its select stage."""
+  score_temp, score_out = memory_bytes(round_fn.score, logits, ids, seed)
+  score, _ = round_fn.score(logits, ids, seed)
+  select_temp, select_out = memory_bytes(round_fn.select, score, excluded)
+  return max(score_temp + score_out, score_out + select_temp + select_out)
 
 
 def make_plan(kind, height, width, radius, budget):
@@ -163,7 +173,7 @@ def bench_ripu_jax(logits, name, plan, runs) -> tuple[dict, np.ndarray]:
                                    suppress_radius=plan.suppress_radius)
 
   # The whole round exactly as `acquisition.select_round` compiles it (device-resident inputs).
-  round_jit = selection_round._compiled_round(  # pylint: disable=protected-access
+  round_fn = selection_round._compiled_round(  # pylint: disable=protected-access
       acquisition.default_mesh(), "ripu", (height, width), plan)
   ids, seed = jnp.zeros((1,), jnp.int32), jnp.int32(0)
 
@@ -172,7 +182,7 @@ def bench_ripu_jax(logits, name, plan, runs) -> tuple[dict, np.ndarray]:
   times, results = timed_interleaved({
       "score": lambda: score_jit(logits),
       "select": lambda: select_jit(score),
-      "total": lambda: round_jit(logits, excluded, ids, seed),
+      "total": lambda: round_fn(logits, excluded, ids, seed),
   }, runs)
   selection, _ = results["total"]
   row = {
@@ -181,7 +191,7 @@ def bench_ripu_jax(logits, name, plan, runs) -> tuple[dict, np.ndarray]:
       "ripu_jax_select_ms": times["select"]["median"],
       "ripu_jax_total_ms": times["total"]["median"],
       "ripu_jax_total_ms_min_max": [times["total"]["min"], times["total"]["max"]],
-      "ripu_jax_extra_memory_bytes": memory_bytes(round_jit, logits, excluded, ids, seed),
+      "ripu_jax_extra_memory_bytes": round_memory_bytes(round_fn, logits, excluded, ids, seed),
       "logits_bytes": int(logits.size * logits.dtype.itemsize),
       "picks_made": int((np.asarray(selection.picks)[0, :, 0] >= 0).sum()),
   }

@@ -19,6 +19,9 @@ in-image pixels. How the work is laid out (measured on XLA CPU, see README "Acqu
 * Small windows are summed directly from shifted slices (one fused pass). Large windows use a
   running sum over rows (constant cost per row, whatever k) and, along each row, a
   power-of-two decomposition of the window, so a 65x65 window costs about as much as 3x3.
+* Per-class window counts are laid out [B, rows, C, W], image columns innermost: every pass
+  then reads contiguous memory, where a class-innermost layout reads each class with a
+  stride of C (1.6x slower at 1024x2048, k=32).
 """
 
 from __future__ import annotations
@@ -218,9 +221,9 @@ def _running_window_rows(padded: jax.Array, radius: int, row_values, emit) -> ja
   """Slides a (2r+1)^2 window down the rows of an image batch, ROWS_PER_STEP rows a step.
 
   `padded` comes from _pad_rows (r + 1 rows above the image, r + extra below, padding rows
-  give zero values); row_values(rows [B, R, W]) -> [B, R, W, K] values. The vertical window
+  give zero values); row_values(rows [B, R, W]) -> [B, R, K, W] values. The vertical window
   sum is a running sum (rows in minus rows out: constant cost whatever r);
-  emit(first_row, sums [B, R, W, K]) -> [B, R, W] reduces each row of window sums.
+  emit(first_row, sums [B, R, K, W]) -> [B, R, W] reduces each row of window sums.
   Returns [B, H, W], H the unpadded height.
   """
   steps = (padded.shape[1] - 2 * radius - 1) // ROWS_PER_STEP
@@ -237,7 +240,7 @@ def _running_window_rows(padded: jax.Array, radius: int, row_values, emit) -> ja
     delta = lax.optimization_barrier(delta)
     sums = vertical[:, None] + jnp.cumsum(delta, axis=1)
     sums, vertical = lax.optimization_barrier((sums, sums[:, -1]))
-    return vertical, emit(first, _line_window_sum(sums, radius, axis=2))
+    return vertical, emit(first, _line_window_sum(sums, radius, axis=3))
 
   _, out = lax.scan(step, init, jnp.arange(steps) * ROWS_PER_STEP)
   out = jnp.moveaxis(out, 0, 1)  # [B, steps, R, W]
@@ -304,11 +307,11 @@ def region_impurity(label: jax.Array, num_classes: int, radius: int) -> jax.Arra
   cols_j = jnp.asarray(cols)
 
   def row_values(block):
-    return (block[..., None] == classes).astype(jnp.float32)
+    return (block[:, :, None, :] == classes[:, None]).astype(jnp.float32)
 
   def emit(first, sums):
     area = lax.dynamic_slice_in_dim(rows_j, first, ROWS_PER_STEP)[:, None] * cols_j
-    return _impurity_from_counts(_class_slices(sums), area)
+    return _impurity_from_counts([sums[:, :, c] for c in range(num_classes)], area)
 
   impurity = _running_window_rows(_pad_rows(label, radius, -1), radius, row_values, emit)
   return impurity[:, :height]
@@ -323,8 +326,8 @@ def window_mean(x: jax.Array, radius: int) -> jax.Array:
   area = jnp.asarray(rows)[:, None] * jnp.asarray(cols)[None, :]
   if radius <= DIRECT_MAX_RADIUS:
     return _direct_window_sum(x, radius, (1, 2)) / area
-  sums = _running_window_rows(_pad_rows(x, radius, 0.0), radius, lambda block: block[..., None],
-                              lambda first, window: window[..., 0])
+  sums = _running_window_rows(_pad_rows(x, radius, 0.0), radius,
+                              lambda block: block[:, :, None], lambda first, window: window[:, :, 0])
   return sums[:, :height] / area
 
 
