@@ -1,6 +1,6 @@
 """Acquisition strategies compared on the synthetic benchmark: mIoU per strategy and budget.
 
-  python scripts/compare_strategies.py --workdir runs/compare            # 3 seeds, ~2.5 h on 2 CPU cores
+  python scripts/compare_strategies.py --workdir runs/compare            # 3 seeds, ~3 h on 2 CPU cores
   python scripts/compare_strategies.py --workdir /tmp/compare --smoke    # tiny, a minute or two
   python scripts/compare_strategies.py --workdir runs/compare --report   # tabulate finished runs
 
@@ -11,7 +11,9 @@ images are the same for every seed):
   2. every other setting starts from that model and trains `--adapt-steps` more steps:
      RIPU's objective with 5 selection rounds early in the schedule (RA: 3x3 regions; PA: one
      pixel per image and round, the 40-pixel budget scaled to 128x256, k scaled with it from
-     the released 32 to 4), or, for `full`, cross-entropy on every target pixel (upper bound).
+     the released 32 to 4); `full` is cross-entropy on every target pixel alone, and
+     `full_source` RIPU's objective (source data included) with every target pixel labelled:
+     the two upper bounds.
   Every setting sees the same number of steps; only what it may learn from on the target differs.
 
 Every run lives in `workdir/seed<s>/<setting>/` (a normal trainer workdir). A finished run
@@ -76,6 +78,7 @@ SETTINGS = (
     Setting("full", "full supervision", "100%", (
         ("active.kind", "full"), ("train.objective", "source_free"),
         ("train.negative_weight", 0.0))),
+    Setting("full_source", "full supervision + source", "100%", (("active.kind", "full"),)),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -224,7 +227,8 @@ def plot(rows: list[dict], path: str) -> None:
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110,
                                     gridspec_kw={"width_ratios": [3, 2]})
-  bounds = {SOURCE_ONLY: ("tab:gray", "--"), "full": ("black", ":")}
+  bounds = {SOURCE_ONLY: ("tab:gray", "--"), "full": ("black", ":"),
+            "full_source": ("black", "-.")}
   strategies = [r for r in rows if r["setting"] not in bounds]
   labels = list(dict.fromkeys(r["label"] for r in strategies))
   colours = {label: f"C{number % 10}" for number, label in enumerate(labels)}

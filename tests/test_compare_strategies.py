@@ -82,6 +82,9 @@ def test_configs_follow_the_protocol(tmp_path):
   full = compare.make_config(by_name["full"], 1, str(tmp_path), **kwargs)
   assert (full.active.kind, full.train.objective, full.train.negative_weight) == (
       "full", "source_free", 0.0)
+  with_source = compare.make_config(by_name["full_source"], 1, str(tmp_path), **kwargs)
+  assert (with_source.active.kind, with_source.train.objective) == ("full", "ripu")
+  assert with_source.model.init_from == ripu.model.init_from
   strategies = {compare.make_config(s, 0, str(tmp_path), **kwargs).active.strategy
                 for s in compare.SETTINGS if "_ra_" in s.name}
   assert strategies == {"ripu", "random", "entropy", "confidence", "impurity", "uncertainty"}
