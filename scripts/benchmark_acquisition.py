@@ -14,12 +14,15 @@ k=32 with 40 pixels over 5 rounds), on the same logits (C = 19, one image):
 
 * ripu_jax: score pass, greedy selection, and the whole round as `select_round` compiles it
   (all in: finiteness check, scores, selection, masks); medians of --runs timed runs after
-  one warm-up (compilation excluded), the three calls taking turns so that they see the same
-  machine load (the JSON also keeps the all-in call's fastest and slowest run).
+  one warm-up (compilation excluded), the three calls and the floor taking turns so that
+  they see the same machine load (the JSON also keeps the all-in call's fastest and slowest
+  run).
 * release-style: box sums as depthwise convolutions (`lax.conv_general_dilated`, as the
   release's conv2d) and one full-map arg-max per pick (numpy loop), written from the method
   description. Its picks are checked against ripu_jax's greedy on the same score map.
-* floor: the softmax-entropy pass alone (it reads the logits once).
+* floor: the softmax-entropy pass alone (it reads the logits once), timed in turns with each
+  case's ripu_jax calls: a fixed amount of work, so it gauges the machine's speed during
+  that case.
 
 Memory: XLA's buffer assignment of the round's two jitted stages (temporaries + outputs of
 the score stage, or its score map plus the select stage's, whichever is larger), compared
@@ -157,8 +160,8 @@ def make_plan(kind, height, width, radius, budget):
                                 pixels=budget if kind == "pa" else None)
 
 
-def bench_ripu_jax(logits, name, plan, runs) -> tuple[dict, np.ndarray]:
-  """ripu_jax's timings and memory for one case; also returns its score map [H, W]."""
+def bench_ripu_jax(logits, name, plan, runs, floor_fn) -> tuple[dict, np.ndarray]:
+  """ripu_jax's timings, memory and the floor for one case; also returns its score map."""
   _, height, width, _ = logits.shape
   excluded = jnp.zeros((1, height, width), bool)
   strategy = acquisition.get_strategy("ripu")
@@ -183,6 +186,7 @@ def bench_ripu_jax(logits, name, plan, runs) -> tuple[dict, np.ndarray]:
       "score": lambda: score_jit(logits),
       "select": lambda: select_jit(score),
       "total": lambda: round_fn(logits, excluded, ids, seed),
+      "floor": lambda: floor_fn(logits),
   }, runs)
   selection, _ = results["total"]
   row = {
@@ -194,6 +198,7 @@ def bench_ripu_jax(logits, name, plan, runs) -> tuple[dict, np.ndarray]:
       "ripu_jax_extra_memory_bytes": round_memory_bytes(round_fn, logits, excluded, ids, seed),
       "logits_bytes": int(logits.size * logits.dtype.itemsize),
       "picks_made": int((np.asarray(selection.picks)[0, :, 0] >= 0).sum()),
+      "floor_entropy_ms": times["floor"]["median"],
   }
   return row, np.asarray(score)[0]
 
@@ -262,11 +267,9 @@ def main():
     height, width = (int(v) for v in size.lower().split("x"))
     logits = realistic_logits(height, width)
     floor_fn = jax.jit(lambda x: scores_lib.pixel_stats(x).entropy)
-    floor_ms = timed(lambda: floor_fn(logits), args.runs)[0]
     for name, kind, radius, budget in CASES:
       plan = make_plan(kind, height, width, radius, budget)
-      row, score = bench_ripu_jax(logits, name, plan, args.runs)
-      row["floor_entropy_ms"] = floor_ms
+      row, score = bench_ripu_jax(logits, name, plan, args.runs, floor_fn)
       rows.append(row)
       cases.append((logits, plan, score))
       print(json.dumps(row), flush=True)
@@ -309,7 +312,7 @@ def main():
       "machine": platform.processor() or platform.machine(),
       "release_style_command": reused_command,
       "timing": ("median of --runs calls after a warm-up call, one image, wall clock; "
-                 "ripu_jax's score, select and all-in calls are timed in turns"),
+                 "ripu_jax's score, select and all-in calls and the floor are timed in turns"),
   }
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:

@@ -27,6 +27,7 @@ def test_tiny_benchmark_writes_a_consistent_table(tmp_path):
     fastest, slowest = row["ripu_jax_total_ms_min_max"]
     assert 0 < fastest <= row["ripu_jax_total_ms"] <= slowest, row
     assert 0 < row["ripu_jax_extra_memory_bytes"]
+    assert 0 < row["floor_entropy_ms"], row  # timed with each case, in turns
   assert "| 48x96 | PA k=32 40px |" in result["table"]
 
 
