@@ -149,8 +149,8 @@ def memory_bytes(jitted, *args) -> tuple[int, int]:
 def round_memory_bytes(round_fn, logits, excluded, ids, seed) -> int:
   """Peak extra memory of a round: its score stage, or its score map plus its select stage."""
   score_temp, score_out = memory_bytes(round_fn.score, logits, ids, seed)
-  score, _ = round_fn.score(logits, ids, seed)
-  select_temp, select_out = memory_bytes(round_fn.select, score, excluded)
+  score_shape, _ = jax.eval_shape(round_fn.score, logits, ids, seed)  # no need to compute it
+  select_temp, select_out = memory_bytes(round_fn.select, score_shape, excluded)
   return max(score_temp + score_out, score_out + select_temp + select_out)
 
 

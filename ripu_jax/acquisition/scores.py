@@ -330,7 +330,8 @@ def window_mean(x: jax.Array, radius: int) -> jax.Array:
   if radius <= DIRECT_MAX_RADIUS:
     return _direct_window_sum(x, radius, (1, 2)) / area
   sums = _running_window_rows(_pad_rows(x, radius, 0.0), radius,
-                              lambda block: block[:, :, None], lambda first, window: window[:, :, 0])
+                              lambda block: block[:, :, None],
+                              lambda first, window: window[:, :, 0])
   return sums[:, :height] / area
 
 
