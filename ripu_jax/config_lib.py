@@ -9,25 +9,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from ripu_jax.acquisition import available_strategies
+from ripu_jax import hooks as hooks_lib
+from ripu_jax import methods  # noqa: F401  (registers the built-in methods)
+from ripu_jax.acquisition.acquirers import ACQUIRERS
+from ripu_jax.data import catalog
 from ripu_jax.data import labels as labels_lib
-from ripu_jax.data import synthetic
-
-# active.kind: "ra" / "pa" (rounds of region / pixel queries), "none" (no target labels,
-# e.g. source-only), "full" (every target pixel labelled: the supervised upper bound).
-ACTIVE_KINDS = ("ra", "pa", "none", "full")
-# train.objective: RIPU's (source + target terms), "source_only" (source CE + L_cr),
-# "source_free" (target CE + L_nl).
-OBJECTIVES = ("ripu", "source_only", "source_free")
-SOURCES = ("gtav", "synthia", "synthetic")
-TARGETS = ("cityscapes", "synthetic")
-
-# mIoU class sets per source dataset: SYNTHIA reports 16 classes (miou) and 13 (miou_13).
-CLASS_SETS = {
-    "gtav": {"miou": labels_lib.ALL_CLASSES},
-    "synthia": {"miou": labels_lib.SYNTHIA_CLASSES, "miou_13": labels_lib.SYNTHIA_13_CLASSES},
-    "synthetic": {"miou": synthetic.SYNTHETIC_CLASSES},
-}
+from ripu_jax.objectives import OBJECTIVES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -39,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 2_000
   config.keep_checkpoints = 2
   config.progress_bars = True
+  # Modules imported before validation: they register a method's pieces (objectives,
+  # acquirers, strategies, models, hooks, datasets) that this config then names.
+  config.plugins = ()
+  config.hooks = ()  # names of registered hooks (ripu_jax.hooks.HOOKS)
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "gtav"  # ignored by the source-free objective
@@ -56,7 +47,6 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "deeplabv2"
-  config.model.num_classes = labels_lib.NUM_CLASSES
   config.model.pretrained = "weights/resnet101.npz"  # converted torchvision ImageNet weights
   config.model.init_from = ""  # workdir of an earlier run whose final model starts this one
   config.model.dtype = "float32"
@@ -71,13 +61,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.power = 0.9
 
   config.train = ml_collections.ConfigDict()
-  config.train.objective = "ripu"
+  config.train.objective = "ripu"  # a registered objective (ripu_jax.objectives.OBJECTIVES)
   config.train.batch_size = 2  # source and target images per step, each
   config.train.consistency_weight = 0.1
   config.train.negative_weight = 1.0
   config.train.negative_threshold = 0.05
 
   config.active = ml_collections.ConfigDict()
+  # The acquirer (ripu_jax.acquisition.acquirers.ACQUIRERS): "ra" / "pa" (rounds of region /
+  # pixel queries), "none" (no target labels), "all" (every target pixel labelled).
   config.active.kind = "ra"
   config.active.strategy = "ripu"
   config.active.ratio = 0.022
@@ -101,6 +93,8 @@ def real_config(source: str, *, kind: str = "ra", objective: str = "ripu",
   config = base_config()
   config.data.source = source
   config.model.name = model
+  # The release's frozen batch norm divides by sqrt(running_var) with no epsilon.
+  config.model.kwargs.bn_epsilon = 0.0
   config.train.objective = objective
   config.active.kind = kind
   config.active.ratio = ratio
@@ -112,6 +106,22 @@ def real_config(source: str, *, kind: str = "ra", objective: str = "ripu",
     config.active.radius = 9
     config.active.round_steps = (0, 2_000, 4_000, 6_000, 8_000)
   return config
+
+
+def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file given by path (e.g. "configs/demo.py", "smoke")."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} does not exist; configs live in configs/*.py")
+  name = "ripu_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path} defines no get_config(arg=None)")
+  return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def get_config_with_arg(make, arg: str | None) -> ml_collections.ConfigDict:
@@ -136,8 +146,9 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.synthetic.update(height=64, width=128, num_source_train=8, num_target_train=4,
                                num_target_val=4)
   config.model.pretrained = ""
+  kept = {k: v for k, v in config.model.kwargs.items() if k == "bn_epsilon"}
   config.model.kwargs = ml_collections.ConfigDict(dict(blocks=(1, 1, 1, 1),
-                                                       width_multiplier=0.125))
+                                                       width_multiplier=0.125, **kept))
   if config.model.name == "deeplabv3plus":
     config.model.kwargs.channels = 16
     config.model.kwargs.low_channels = 8
@@ -145,6 +156,9 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.active.num_overlays = 1
   config.eval.every = 1_000
   return config
+
+
+PLUGIN_HINT = "; a piece defined outside ripu_jax needs its module in --config.plugins"
 
 
 def _check(condition: bool, message: str) -> None:
@@ -159,17 +173,31 @@ def _check_size(value, name: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field when a config cannot run."""
+  """Raises ValueError naming the field when a config cannot run.
+
+  Plug-in modules (`config.plugins`) must have been imported first
+  (`registry.import_plugins`): the objective, acquirer and hooks are looked up by name.
+  """
   _check(config.num_steps >= 1, f"num_steps must be >= 1, got {config.num_steps}")
   for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
     _check(config[name] >= 1, f"{name} must be >= 1, got {config[name]}")
-  objective = config.train.objective
-  _check(objective in OBJECTIVES, f"train.objective must be one of {OBJECTIVES}, got "
-         f"{objective!r}")
-  if objective != "source_free":
-    _check(config.data.source in SOURCES, f"data.source must be one of {SOURCES}, got "
+  _check(isinstance(tuple(config.plugins), tuple) and all(
+      isinstance(p, str) for p in config.plugins), "plugins must be a tuple of module names")
+  objective_name = config.train.objective
+  _check(objective_name in OBJECTIVES, f"train.objective must be one of "
+         f"{OBJECTIVES.names()}, got {objective_name!r}{PLUGIN_HINT}")
+  objective = OBJECTIVES.get(objective_name)
+  kind = config.active.kind
+  _check(kind in ACQUIRERS,
+         f"active.kind must be one of {ACQUIRERS.names()}, got {kind!r}{PLUGIN_HINT}")
+  for name in config.hooks:
+    _check(name in hooks_lib.HOOKS,
+           f"hooks: {name!r} is not one of {hooks_lib.HOOKS.names()}{PLUGIN_HINT}")
+  sources, targets = catalog.source_names(), catalog.target_names()
+  if "source" in objective.domains or config.data.source:
+    _check(config.data.source in sources, f"data.source must be one of {sources}, got "
            f"{config.data.source!r}")
-  _check(config.data.target in TARGETS, f"data.target must be one of {TARGETS}, got "
+  _check(config.data.target in targets, f"data.target must be one of {targets}, got "
          f"{config.data.target!r}")
   for name in ("source_size", "target_size"):
     _check_size(tuple(config.data[name]), f"data.{name}")
@@ -177,47 +205,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.data.worker_count >= 0, "data.worker_count must be >= 0")
   _check(config.optim.base_lr > 0, f"optim.base_lr must be > 0, got {config.optim.base_lr}")
   _check(config.optim.max_iter >= 1, "optim.max_iter must be >= 1")
-  for name in ("batch_size",):
-    _check(config.train[name] >= 1, f"train.{name} must be >= 1")
+  _check(config.train.batch_size >= 1, "train.batch_size must be >= 1")
   _check(config.active.batch_size >= 1 and config.eval.batch_size >= 1,
          "active.batch_size and eval.batch_size must be >= 1")
-  active = config.active
-  _check(active.kind in ACTIVE_KINDS, f"active.kind must be one of {ACTIVE_KINDS}, got "
-         f"{active.kind!r}")
-  if active.kind in ("ra", "pa"):
-    _check(active.strategy in available_strategies(),
-           f"active.strategy must be one of {available_strategies()}, got {active.strategy!r}")
-    _check(active.radius >= 0, f"active.radius must be >= 0, got {active.radius}")
-    steps = tuple(active.round_steps)
-    _check(len(steps) >= 1, "active.round_steps must list at least one step")
-    _check(list(steps) == sorted(set(steps)) and steps[0] >= 0,
-           f"active.round_steps must be distinct, increasing and >= 0, got {steps}")
-    _check(steps[-1] < config.num_steps,
-           f"active.round_steps {steps} must come before num_steps ({config.num_steps})")
-    if active.kind == "ra":
-      _check(0 < active.ratio <= 1, f"active.ratio must lie in (0, 1], got {active.ratio}")
-    else:
-      _check(active.pixels >= 1, f"active.pixels must be >= 1, got {active.pixels}")
-    _check(objective != "source_only",
-           "train.objective 'source_only' never uses target labels; set active.kind='none'")
-  if objective == "source_free":
-    _check(active.kind != "none", "the source-free objective needs target labels "
-           "(active.kind 'ra', 'pa' or 'full')")
+  acquirer = ACQUIRERS.get(kind)
+  acquirer.validate(config)
+  if "target" not in objective.domains:
+    _check(not acquirer(config.active).buys_target_labels,
+           f"train.objective {objective_name!r} never uses target labels; set "
+           "active.kind='none'")
+  objective.validate(config)
 
 
-def label_lookup(config: ml_collections.ConfigDict) -> "np.ndarray":
-  """uint8 -> int32 table keeping the evaluated classes and mapping every other id to 255.
+def label_space(config: ml_collections.ConfigDict) -> labels_lib.LabelSpace:
+  """The run's label space: its source dataset's (a source-free run still names its source).
 
-  SYNTHIA lacks terrain, truck and train: like the release's 16-class label mapping, target
-  pixels of those classes are ignored in training and evaluation.
+  It fixes the network's outputs, the losses' classes, the acquisition's normalisation and
+  the evaluated class sets; each dataset's labels are mapped into it by the input pipeline.
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  table = np.full(256, labels_lib.IGNORE_LABEL, np.int32)
-  keep = sorted({c for classes in class_sets(config).values() for c in classes})
-  table[keep] = keep
-  return table
+  return catalog.run_label_space(config.data.source or None, config.data.target)
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+  """Network outputs of this config's label space (16 for SYNTHIA runs, else 19)."""
+  return label_space(config).num_classes
 
 
 def class_sets(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-  """The mIoU class sets reported for this config's source (source-free: its source)."""
-  return CLASS_SETS[config.data.source if config.data.source in CLASS_SETS else "gtav"]
+  """The mIoU class sets reported for this config (indices in its label space)."""
+  return {name: tuple(classes) for name, classes in label_space(config).eval_sets.items()}

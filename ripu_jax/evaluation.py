@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from ripu_jax.data import labels as labels_lib
-from ripu_jax.models import upsample
+from ripu_jax.image_ops import upsample_logits
 
 
 def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
@@ -51,9 +51,9 @@ def mean_iou(iou: np.ndarray, classes: Sequence[int]) -> float:
 def predict_probabilities(model: nnx.Module, images: jax.Array, label_size: Sequence[int],
                           flip: bool) -> jax.Array:
   """Softmax at label size; with `flip`, averaged with the flipped image's (flipped back)."""
-  probabilities = jax.nn.softmax(upsample(model(images), label_size), axis=-1)
+  probabilities = jax.nn.softmax(upsample_logits(model(images), label_size), axis=-1)
   if flip:
-    flipped = jax.nn.softmax(upsample(model(images[:, :, ::-1]), label_size), axis=-1)
+    flipped = jax.nn.softmax(upsample_logits(model(images[:, :, ::-1]), label_size), axis=-1)
     probabilities = 0.5 * (probabilities + flipped[:, :, ::-1])
   return probabilities
 
@@ -74,12 +74,16 @@ def make_eval_step(num_classes: int, *, flip: bool = False):
   return step
 
 
-def summarize(confusion: np.ndarray, class_sets: Mapping[str, Sequence[int]]) -> dict:
-  """{"miou": ..., other class sets' means, "iou": {class name: IoU}} (IoU in percent)."""
+def summarize(confusion: np.ndarray, class_sets: Mapping[str, Sequence[int]],
+              class_names: Sequence[str] = labels_lib.CLASS_NAMES) -> dict:
+  """{"miou": ..., other class sets' means, "iou": {class name: IoU}} (IoU in percent).
+
+  class_names: the label space's names, one per class index (Cityscapes' 19 by default).
+  """
   iou = class_iou(confusion) * 100.0
   result = {name: mean_iou(iou, classes) for name, classes in class_sets.items()}
   reported = sorted({c for classes in class_sets.values() for c in classes})
-  result["iou"] = {labels_lib.CLASS_NAMES[c]: (None if np.isnan(iou[c]) else float(iou[c]))
+  result["iou"] = {class_names[c]: (None if np.isnan(iou[c]) else float(iou[c]))
                    for c in reported}
   return result
 

@@ -35,7 +35,8 @@ def save_mask(directory: str, name: str, mask: np.ndarray) -> None:
 
 
 def save_overlay(path: str, image: np.ndarray, prediction: np.ndarray, score: np.ndarray,
-                 labeled: np.ndarray, score_name: str = "score") -> None:
+                 labeled: np.ndarray, score_name: str = "score",
+                 colorize=labels_lib.colorize) -> None:
   """Four panels side by side: image, colourised prediction, score, picked regions."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -45,7 +46,7 @@ def save_overlay(path: str, image: np.ndarray, prediction: np.ndarray, score: np
     image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
   picked = image.astype(np.float32)
   picked[labeled] = 0.4 * picked[labeled] + 0.6 * PICK_COLOUR
-  panels = [(image, "image"), (labels_lib.colorize(prediction), "prediction"),
+  panels = [(image, "image"), (colorize(prediction), "prediction"),
             (score, score_name), (picked.astype(np.uint8), "picked regions (magenta)")]
   aspect = height / width
   fig, axes = plt.subplots(1, 4, figsize=(16, 4 * aspect + 0.6))

@@ -1,4 +1,8 @@
-"""Image resizing shared by the models, the losses and the acquisition engine.
+"""Image resizing shared by the models, the losses, the evaluation and the acquisition engine.
+
+`upsample_logits` is the one way logits reach the label size (losses, evaluation,
+acquisition): float32, bilinear, align_corners, as the reference release's
+`F.interpolate(..., mode="bilinear", align_corners=True)`.
 
 Bilinear resizing is written as two small matrix products (one per spatial axis) with
 `align_corners=True` semantics: output pixel i samples input position i * (in - 1) / (out - 1).
@@ -9,6 +13,7 @@ every backend (XLA CPU's gather-based resize backward is slow).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,3 +57,20 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     return jnp.einsum("Hh,bhWc->bHWc", mat_h, y, precision=precision)
   y = jnp.einsum("Hh,bhwc->bHwc", mat_h, x.astype(dtype), precision=precision)
   return jnp.einsum("Ww,bHwc->bHWc", mat_w, y, precision=precision)
+
+
+def upsample_logits(logits: jax.Array, size: Sequence[int]) -> jax.Array:
+  """Bilinear (align_corners) resize of NHWC logits to `size` = (height, width), in float32.
+
+  Raises ValueError unless `logits` has rank 4 and `size` is two positive integers.
+  """
+  shape = getattr(logits, "shape", None)
+  if shape is None or len(shape) != 4:
+    raise ValueError(f"logits must be NHWC of rank 4, got shape {shape}")
+  try:
+    height, width = (int(s) for s in size)
+  except (TypeError, ValueError):
+    raise ValueError(f"size must be (height, width), got {size!r}") from None
+  if height < 1 or width < 1:
+    raise ValueError(f"size must be (height, width) with positive entries, got {size!r}")
+  return resize_bilinear(jnp.asarray(logits, jnp.float32), (height, width))

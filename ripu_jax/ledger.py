@@ -1,11 +1,17 @@
 """The label ledger: which target pixels have been bought, round by round.
 
-The ledger stores the picks of every selection round (round, image, row, col) and nothing
-else; the labelled and the excluded (labelled or suppressed) masks follow from them and the
-plan's radii. Being the only record of the budget, it is what checkpoints save and what the
-input pipeline reads (`ledger.labeled_masks`): spent budget can be neither lost nor spent
-twice, because a round already recorded for an image cannot be recorded again and a pick on
-an excluded pixel is refused.
+A round buys labels on an image in one of three shapes:
+  * picks (row, col) with the squares around them (RIPU's regions and pixels),
+  * a mask of arbitrary pixels (segments, superpixels), stored as flat pixel indices,
+  * the whole frame (full supervision, a frame-level query).
+The labelled and the excluded masks follow from these records and the ledger's radii: a
+pick labels the (2 * label_radius + 1)^2 square around it and excludes the
+(2 * suppress_radius + 1)^2 one from later picks; masks and frames exclude their pixels
+grown by label_radius, so no later square can reach them. Being the only record of the
+budget, the ledger is what checkpoints save and what the input pipeline reads
+(`ledger.labeled_masks`): spent budget can be neither lost nor spent twice, because a round
+already recorded for an image cannot be recorded again, a pick on an excluded pixel is
+refused and a mask or frame over labelled pixels is refused.
 """
 
 from __future__ import annotations
@@ -70,6 +76,9 @@ class LabelLedger:
     self.label_radius = int(label_radius)
     self.suppress_radius = int(suppress_radius)
     self._picks: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(self.num_images)]
+    # Per image: (round, sorted flat pixel indices) of each mask; rounds of whole frames.
+    self._masks: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(self.num_images)]
+    self._frames: list[list[int]] = [[] for _ in range(self.num_images)]
 
   @property
   def num_images(self) -> int:
@@ -84,32 +93,77 @@ class LabelLedger:
     picks = [p for _, p in self._picks[index]]
     return np.concatenate(picks) if picks else np.zeros((0, 2), np.int32)
 
+  def _bought_mask(self, index: int) -> np.ndarray:
+    """bool [H, W]: pixels bought as masks or whole frames (not squares)."""
+    shape = self._shape(index)
+    if self._frames[index]:
+      return np.ones(shape, bool)
+    mask = np.zeros(shape, bool)
+    for _, pixels in self._masks[index]:
+      mask.flat[pixels] = True
+    return mask
+
   def labeled_mask(self, index: int) -> np.ndarray:
-    return square_union(self._shape(index), self.image_picks(index), self.label_radius)
+    squares = square_union(self._shape(index), self.image_picks(index), self.label_radius)
+    if self._masks[index] or self._frames[index]:
+      squares |= self._bought_mask(index)
+    return squares
 
   def excluded_mask(self, index: int) -> np.ndarray:
-    return square_union(self._shape(index), self.image_picks(index), self.suppress_radius)
+    excluded = square_union(self._shape(index), self.image_picks(index), self.suppress_radius)
+    if self._masks[index] or self._frames[index]:
+      bought = self._bought_mask(index)
+      rows, cols = np.nonzero(bought)
+      excluded |= (square_union(bought.shape, np.stack([rows, cols], 1), self.label_radius)
+                   if self.label_radius else bought)
+    return excluded
 
   @property
   def labeled_masks(self) -> LabeledMasks:
     return LabeledMasks(self)
 
   def rounds_of(self, index: int) -> tuple[int, ...]:
-    return tuple(r for r, _ in self._picks[index])
+    """Rounds recorded for image `index`, in any shape (picks, mask, frame)."""
+    return tuple(sorted([r for r, _ in self._picks[index]] + [r for r, _ in self._masks[index]]
+                        + self._frames[index]))
 
   @property
   def rounds_recorded(self) -> tuple[int, ...]:
     """Sorted round numbers that hold at least one image's record."""
-    return tuple(sorted({r for image in self._picks for r, _ in image}))
+    return tuple(sorted({r for i in range(self.num_images) for r in self.rounds_of(i)}))
 
-  def record(self, round_index: int, image_index: int, picks: np.ndarray) -> None:
-    """Adds one image's picks of one round; rows of -1 (no candidate left) are dropped."""
+  def _check_new_record(self, round_index: int, image_index: int) -> int:
     image_index = int(image_index)
     if not 0 <= image_index < self.num_images:
       raise IndexError(f"image {image_index} is outside the pool of {self.num_images}")
     if round_index in self.rounds_of(image_index):
       raise ValueError(f"round {round_index} is already recorded for image {image_index}; "
                        "budget would be spent twice")
+    return image_index
+
+  def record_mask(self, round_index: int, image_index: int, mask: np.ndarray) -> None:
+    """Adds one image's mask of one round (segments, superpixels); refuses labelled pixels."""
+    image_index = self._check_new_record(round_index, image_index)
+    mask = np.asarray(mask)
+    if mask.shape != self._shape(image_index) or mask.dtype != bool:
+      raise ValueError(f"the mask for image {image_index} must be bool "
+                       f"{self._shape(image_index)}, got {mask.dtype} {mask.shape}")
+    if (mask & self.labeled_mask(image_index)).any():
+      raise ValueError(f"round {round_index}'s mask covers already labelled pixels of image "
+                       f"{image_index}; budget would be spent twice")
+    self._masks[image_index].append((int(round_index), np.flatnonzero(mask).astype(np.int32)))
+
+  def record_frame(self, round_index: int, image_index: int) -> None:
+    """Labels the whole of one image in one round; refused if any pixel is labelled."""
+    image_index = self._check_new_record(round_index, image_index)
+    if self.rounds_of(image_index):
+      raise ValueError(f"image {image_index} already has labels; labelling the whole frame "
+                       "would spend budget twice")
+    self._frames[image_index].append(int(round_index))
+
+  def record(self, round_index: int, image_index: int, picks: np.ndarray) -> None:
+    """Adds one image's picks of one round; rows of -1 (no candidate left) are dropped."""
+    image_index = self._check_new_record(round_index, image_index)
     picks = np.asarray(picks, np.int32).reshape(-1, 2)
     picks = picks[picks[:, 0] >= 0]
     height, width = self._shape(image_index)
@@ -125,10 +179,13 @@ class LabelLedger:
     """Labelled pixels over the pool.
 
     With suppress_radius >= 2 * label_radius (RA's 2k, PA's k >= 0) labelled squares never
-    overlap, so their clipped areas add up without building masks.
+    overlap, and masks and frames never overlap anything (see `excluded_mask`), so their
+    areas add up without building masks.
     """
     if self.suppress_radius >= 2 * self.label_radius:
-      total = 0
+      total = sum(len(p) for image in self._masks for _, p in image)
+      total += sum(int(np.prod(self._shape(i))) for i in range(self.num_images)
+                   if self._frames[i])
       for index in range(self.num_images):
         picks = self.image_picks(index)
         height, width = self._shape(index)
@@ -139,7 +196,7 @@ class LabelLedger:
         total += int((rows * cols).sum())
       return total
     return int(sum(self.labeled_mask(i).sum() for i in range(self.num_images)
-                   if self._picks[i]))
+                   if self.rounds_of(i)))
 
   def labeled_fraction(self) -> float:
     """Labelled pixels over all pixels of the pool."""
@@ -157,9 +214,19 @@ class LabelLedger:
     header = np.array([[-1, -1, self.label_radius, self.suppress_radius]], np.int32)
     records = np.array([(r, i) for i, image in enumerate(self._picks) for r, _ in image],
                        np.int32).reshape(-1, 2)
+    mask_records, offset = [], 0
+    for i, image in enumerate(self._masks):
+      for r, pixels in image:
+        mask_records.append((r, i, offset, offset + len(pixels)))
+        offset += len(pixels)
+    pixels = [p for image in self._masks for _, p in image]
+    frames = [(r, i) for i, rounds in enumerate(self._frames) for r in rounds]
     return {"picks": np.concatenate([header, self.picks]),
             "records": np.concatenate([np.full((1, 2), -1, np.int32), records]),
-            "label_shapes": self.label_shapes.astype(np.int32)}
+            "label_shapes": self.label_shapes.astype(np.int32),
+            "mask_records": np.array([(-1, -1, 0, 0)] + mask_records, np.int32),
+            "mask_pixels": np.concatenate([np.full(1, -1, np.int32)] + pixels),
+            "frames": np.array([(-1, -1)] + frames, np.int32)}
 
   @classmethod
   def from_state(cls, state: dict[str, np.ndarray]) -> "LabelLedger":
@@ -170,6 +237,13 @@ class LabelLedger:
     for round_index, image_index in np.asarray(state["records"], np.int32)[1:]:
       chosen = (picks[:, ROUND] == round_index) & (picks[:, IMAGE] == image_index)
       ledger._picks[image_index].append((int(round_index), picks[chosen][:, [ROW, COL]]))
+    # Ledgers saved before masks and frames existed have neither key.
+    if "mask_records" in state:
+      pixels = np.asarray(state["mask_pixels"], np.int32)[1:]
+      for round_index, image_index, start, stop in np.asarray(state["mask_records"])[1:]:
+        ledger._masks[image_index].append((int(round_index), pixels[start:stop].copy()))
+      for round_index, image_index in np.asarray(state["frames"])[1:]:
+        ledger._frames[image_index].append(int(round_index))
     return ledger
 
   def __eq__(self, other) -> bool:

@@ -1,7 +1,7 @@
 """RIPU's training objective.
 
 All functions take NHWC logits already at label resolution (see
-`ripu_jax.models.upsample`) and integer labels [B, H, W]; they compute in float32.
+`ripu_jax.image_ops.upsample_logits`) and integer labels [B, H, W]; they compute in float32.
 Every average over an empty set is 0 rather than NaN, so a batch without any labelled
 target pixel simply contributes nothing.
 """
@@ -11,7 +11,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IGNORE_INDEX = 255
+from ripu_jax.data.labels import IGNORE_LABEL
+
+IGNORE_INDEX = IGNORE_LABEL  # labels carrying no supervision
 
 
 def _check_shapes(logits: jax.Array, labels: jax.Array | None = None) -> None:

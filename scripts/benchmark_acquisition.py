@@ -146,10 +146,10 @@ def memory_bytes(jitted, *args) -> tuple[int, int]:
   return int(analysis.temp_size_in_bytes), int(analysis.output_size_in_bytes)
 
 
-def round_memory_bytes(round_fn, logits, excluded, ids, seed) -> int:
+def round_memory_bytes(round_fn, inputs, excluded, ids, seed) -> int:
   """Peak extra memory of a round: its score stage, or its score map plus its select stage."""
-  score_temp, score_out = memory_bytes(round_fn.score, logits, ids, seed)
-  score_shape, _ = jax.eval_shape(round_fn.score, logits, ids, seed)  # no need to compute it
+  score_temp, score_out = memory_bytes(round_fn.score, inputs, ids, seed)
+  score_shape, _ = jax.eval_shape(round_fn.score, inputs, ids, seed)  # no need to compute it
   select_temp, select_out = memory_bytes(round_fn.select, score_shape, excluded)
   return max(score_temp + score_out, score_out + select_temp + select_out)
 
@@ -185,7 +185,7 @@ def bench_ripu_jax(logits, name, plan, runs, floor_fn) -> tuple[dict, np.ndarray
   times, results = timed_interleaved({
       "score": lambda: score_jit(logits),
       "select": lambda: select_jit(score),
-      "total": lambda: round_fn(logits, excluded, ids, seed),
+      "total": lambda: round_fn((logits,), excluded, ids, seed),
       "floor": lambda: floor_fn(logits),
   }, runs)
   selection, _ = results["total"]
@@ -195,7 +195,7 @@ def bench_ripu_jax(logits, name, plan, runs, floor_fn) -> tuple[dict, np.ndarray
       "ripu_jax_select_ms": times["select"]["median"],
       "ripu_jax_total_ms": times["total"]["median"],
       "ripu_jax_total_ms_min_max": [times["total"]["min"], times["total"]["max"]],
-      "ripu_jax_extra_memory_bytes": round_memory_bytes(round_fn, logits, excluded, ids, seed),
+      "ripu_jax_extra_memory_bytes": round_memory_bytes(round_fn, (logits,), excluded, ids, seed),
       "logits_bytes": int(logits.size * logits.dtype.itemsize),
       "picks_made": int((np.asarray(selection.picks)[0, :, 0] >= 0).sum()),
       "floor_entropy_ms": times["floor"]["median"],

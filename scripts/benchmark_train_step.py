@@ -22,9 +22,10 @@ import jax
 import numpy as np
 from flax import nnx
 
+from ripu_jax import config_lib
 from ripu_jax.models import build_model
+from ripu_jax.objectives import OBJECTIVES, TrainState
 from ripu_jax.optim import create_optimizer
-from ripu_jax.train_step import make_train_step
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,11 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
       width_multiplier=args.width_multiplier,
       dtype=args.dtype,
   )
-  optimizer = create_optimizer(model)
-  step = make_train_step(objective="source_free" if args.source_free else "ripu")
+  state = TrainState(model, create_optimizer(model))
+  objective = "source_free" if args.source_free else "ripu"
+  step = OBJECTIVES.get(objective)(config_lib.base_config()).make_step()
   built = time.perf_counter()
   compile_timer.active = True
-  metrics = step(model, optimizer, batch)
+  metrics = step(state, batch)
   jax.block_until_ready(metrics)
   compile_timer.active = False
   first_result = time.perf_counter() - start
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
   times, cpu_times = [], []
   for _ in range(args.steps):
     tick, cpu_tick = time.perf_counter(), time.process_time()
-    metrics = step(model, optimizer, batch)
+    metrics = step(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - tick)
     cpu_times.append(time.process_time() - cpu_tick)

@@ -4,292 +4,36 @@
   python scripts/compare_strategies.py --workdir /tmp/compare --smoke    # tiny, a minute or two
   python scripts/compare_strategies.py --workdir runs/compare --report   # tabulate finished runs
 
-Protocol, per seed (the seed sets initialisation, data order and random picks; the benchmark's
-images are the same for every seed):
-  1. source_only: the demo network (configs/demo.py) from random initialisation, trained on
-     the synthetic source domain alone (plain cross-entropy).
-  2. every other setting starts from that model and trains `--adapt-steps` more steps:
-     RIPU's objective with 5 selection rounds early in the schedule (RA: 3x3 regions; PA: one
-     pixel per image and round, the 40-pixel budget scaled to 128x256, k scaled with it from
-     the released 32 to 4); `full` is cross-entropy on every target pixel alone, and
-     `full_source` RIPU's objective (source data included) with every target pixel labelled:
-     the two upper bounds.
-  Every setting sees the same number of steps; only what it may learn from on the target differs.
-
-Every run lives in `workdir/seed<s>/<setting>/` (a normal trainer workdir). A finished run
-is never redone, an interrupted one resumes from its checkpoint: rerun the same command.
-Finished runs can be shared without their checkpoints (copy each run's config.json and
-run.json): if a setting still to run finds its seed's source-only model missing, that model
-is trained again (training is deterministic on one machine) and its mIoU checked against the
-stored one.
-Outputs: `results.json` (every run), `results.md` (mean +- std mIoU per setting, rare
-classes' IoU, wall clock) and `miou_vs_budget.png` (mIoU against labelled fraction).
+The command line of `ripu_jax.experiments.compare`, whose docstring states the protocol (the
+settings, resuming, results shared without checkpoints, the outputs): this script only turns
+flags into its arguments. Rerun the same command to resume; `--report` trains nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
-import time
-from typing import Any
-
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-RARE_CLASSES = ("pole", "traffic light", "traffic sign", "person", "bicycle")
-RESULT_FILE = "run.json"  # written by this script when a run has finished
-SOURCE_ONLY = "source_only"
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-  """One row of the comparison: a strategy at a budget."""
-
-  name: str  # run folder and row id
-  label: str  # strategy as the table and the plot name it (one plot line per label)
-  budget: str  # the budget in words
-  overrides: tuple  # ((config field, value), ...) applied to the adaptation config
-
-
-def _ra(strategy: str, ratio: float) -> tuple:
-  return (("active.kind", "ra"), ("active.strategy", strategy), ("active.ratio", ratio),
-          ("active.radius", 1))
-
-
-SETTINGS = (
-    Setting(SOURCE_ONLY, "source only", "0", ()),
-    Setting("ripu_ra_2.2", "RIPU (RA)", "2.2% (regions)", _ra("ripu", 0.022)),
-    Setting("ripu_ra_5", "RIPU (RA)", "5% (regions)", _ra("ripu", 0.05)),
-    Setting("random_ra_2.2", "RAND (RA)", "2.2% (regions)", _ra("random", 0.022)),
-    Setting("entropy_ra_2.2", "ENT (RA)", "2.2% (regions)", _ra("entropy", 0.022)),
-    Setting("confidence_ra_2.2", "SCONF (RA)", "2.2% (regions)", _ra("confidence", 0.022)),
-    Setting("impurity_ra_2.2", "impurity only (RA)", "2.2% (regions)", _ra("impurity", 0.022)),
-    Setting("uncertainty_ra_2.2", "uncertainty only (RA)", "2.2% (regions)",
-            _ra("uncertainty", 0.022)),
-    Setting("ripu_pa_40", "RIPU (PA)", "40 px at 1280x640", (
-        ("active.kind", "pa"), ("active.strategy", "ripu"), ("active.pixels", 40),
-        ("active.radius", 4))),
-    Setting("full", "full supervision", "100%", (
-        ("active.kind", "full"), ("train.objective", "source_free"),
-        ("train.negative_weight", 0.0))),
-    Setting("full_source", "full supervision + source", "100%", (("active.kind", "full"),)),
-)
-SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
-
-
-def _load_demo_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "configs", "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.demo_config()
-
-
-def run_dir(workdir: str, seed: int, setting: str) -> str:
-  return os.path.join(os.path.abspath(workdir), f"seed{seed}", setting)
-
-
-def make_config(setting: Setting, seed: int, workdir: str, *, source_steps: int,
-                adapt_steps: int, smoke: bool = False, progress_bars: bool = False):
-  """The trainer config of one run (see the module docstring for the protocol)."""
-  from ripu_jax import config_lib  # pylint: disable=g-import-not-at-top
-  config = _load_demo_config()
-  if smoke:
-    config = config_lib.smoke(config)
-  config.seed = seed
-  config.progress_bars = progress_bars
-  if setting.name == SOURCE_ONLY:
-    config.train.objective = "source_only"
-    config.train.consistency_weight = 0.0
-    config.active.kind = "none"
-    steps = source_steps
-  else:
-    config.model.init_from = run_dir(workdir, seed, SOURCE_ONLY)
-    steps = adapt_steps
-    every = max(1, adapt_steps // 10)
-    config.active.round_steps = tuple(every * r for r in range(5))
-  config.num_steps = config.optim.max_iter = steps
-  config.checkpoint_every = max(1, steps // 4)
-  config.eval.every = steps
-  for field, value in setting.overrides:
-    group, name = field.split(".")
-    config[group][name] = value
-  config_lib.validate(config)
-  return config
-
-
-def _protocol(config_json: str) -> dict:
-  """A run's config without what does not change its result: the source-only model's path
-  (it names the workdir's place) and whether progress bars were drawn (a terminal or not)."""
-  config = json.loads(config_json)
-  config.get("model", {}).pop("init_from", None)
-  config.pop("progress_bars", None)
-  return config
-
-
-def run_setting(setting: Setting, seed: int, workdir: str, **config_kwargs) -> dict:
-  """Trains one run, or returns its stored result if it has finished before."""
-  from ripu_jax import train  # pylint: disable=g-import-not-at-top
-  config = make_config(setting, seed, workdir, **config_kwargs)
-  directory = run_dir(workdir, seed, setting.name)
-  stored_config = os.path.join(directory, train.CONFIG_FILE)
-  if os.path.exists(stored_config):
-    with open(stored_config) as f:
-      if _protocol(f.read()) != _protocol(config.to_json_best_effort()):
-        raise ValueError(
-            f"{directory} holds a run made with other settings (its {train.CONFIG_FILE} differs "
-            "from this command's config, e.g. --smoke or the step counts changed). Use a new "
-            "--workdir, or delete that folder to redo the run.")
-  result_path = os.path.join(directory, RESULT_FILE)
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      return json.load(f)
-  start = time.perf_counter()
-  summary = train.train_and_evaluate(config, directory)
-  result = {"setting": setting.name, "seed": seed, "seconds": time.perf_counter() - start,
-            "miou": summary["miou"], "labelled_fraction": summary["labelled_fraction"],
-            "iou": summary["iou"], "step": config.num_steps}
-  with open(result_path + ".tmp", "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(result_path + ".tmp", result_path)
-  return result
-
-
-def _mean_std(values) -> tuple[float, float]:
-  values = np.asarray([v for v in values if v is not None], np.float64)
-  if values.size == 0:
-    return float("nan"), float("nan")
-  return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
-def summarize(results: list[dict]) -> list[dict]:
-  """One row per setting (in SETTINGS order): mean and sample std over seeds."""
-  rows = []
-  for setting in SETTINGS:
-    runs = [r for r in results if r["setting"] == setting.name]
-    if not runs:
-      continue
-    miou, miou_std = _mean_std(r["miou"] for r in runs)
-    rows.append({
-        "setting": setting.name, "label": setting.label, "budget": setting.budget,
-        "seeds": sorted(r["seed"] for r in runs), "miou": miou, "miou_std": miou_std,
-        "labelled_fraction": float(np.mean([r["labelled_fraction"] for r in runs])),
-        "rare_iou": {c: _mean_std(r["iou"].get(c) for r in runs) for c in RARE_CLASSES},
-        "seconds": float(np.mean([r["seconds"] for r in runs])),
-    })
-  return rows
-
-
-def domain_gap(rows: list[dict]) -> float | None:
-  """mIoU points between full target supervision and source-only (None if either is missing)."""
-  by_name = {row["setting"]: row for row in rows}
-  if SOURCE_ONLY in by_name and "full" in by_name:
-    return by_name["full"]["miou"] - by_name[SOURCE_ONLY]["miou"]
-  return None
-
-
-def _pm(mean: float, std: float) -> str:
-  return "n/a" if np.isnan(mean) else f"{mean:.1f} ± {std:.1f}"
-
-
-def format_table(rows: list[dict]) -> str:
-  """Markdown table: mIoU and the rare classes' IoU as mean ± sample std over seeds."""
-  header = (["setting", "strategy", "budget", "labelled", "mIoU"] + list(RARE_CLASSES) +
-            ["seeds", "min per run"])
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for row in rows:
-    cells = [row["setting"], row["label"], row["budget"], f"{row['labelled_fraction']:.3%}",
-             _pm(row["miou"], row["miou_std"])]
-    cells += [_pm(*row["rare_iou"][c]) for c in RARE_CLASSES]
-    cells += [str(len(row["seeds"])), f"{row['seconds'] / 60:.1f}"]
-    lines.append("| " + " | ".join(cells) + " |")
-  gap = domain_gap(rows)
-  if gap is not None:
-    lines.append("")
-    lines.append(f"Domain gap (full supervision - source only): {gap:.1f} mIoU points.")
-  return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict], path: str) -> None:
-  """Left: mIoU vs labelled fraction (log axis), one line per strategy, the bounds as bands.
-
-  Right: the strategies that share the most common budget side by side (bars), since their
-  points sit on top of each other in the left panel.
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110,
-                                    gridspec_kw={"width_ratios": [3, 2]})
-  bounds = {SOURCE_ONLY: ("tab:gray", "--"), "full": ("black", ":"),
-            "full_source": ("black", "-.")}
-  strategies = [r for r in rows if r["setting"] not in bounds]
-  labels = list(dict.fromkeys(r["label"] for r in strategies))
-  colours = {label: f"C{number % 10}" for number, label in enumerate(labels)}
-  for number, label in enumerate(labels):
-    points = sorted((r for r in strategies if r["label"] == label),
-                    key=lambda r: r["labelled_fraction"])
-    left.errorbar([100 * r["labelled_fraction"] for r in points], [r["miou"] for r in points],
-                  yerr=[r["miou_std"] for r in points], marker="osD^v<>pP*"[number % 10],
-                  capsize=3, label=label, color=colours[label],
-                  linewidth=2.0 if label.startswith("RIPU") else 1.0)
-  for axis in (left, right):
-    for row in rows:
-      if row["setting"] in bounds:
-        colour, style = bounds[row["setting"]]
-        axis.axhline(row["miou"], color=colour, linestyle=style, label=row["label"])
-        axis.axhspan(row["miou"] - row["miou_std"], row["miou"] + row["miou_std"],
-                     color=colour, alpha=0.12)
-  left.set_xscale("log")
-  left.set_xlabel("labelled target pixels (%, log scale)")
-  left.set_ylabel("mIoU on target val (%)")
-  seeds = max((len(r["seeds"]) for r in rows), default=0)
-  left.set_title(f"mIoU by budget (mean ± std over {seeds} seeds)")
-  left.grid(True, which="both", alpha=0.3)
-  left.legend(fontsize=8, loc="best")
-  budgets = [r["budget"] for r in strategies]
-  common = max(set(budgets), key=budgets.count) if budgets else None
-  same = [r for r in strategies if r["budget"] == common]
-  right.bar(range(len(same)), [r["miou"] for r in same], yerr=[r["miou_std"] for r in same],
-            capsize=3, color=[colours[r["label"]] for r in same])
-  right.set_xticks(range(len(same)), [r["label"].replace(" (RA)", "") for r in same],
-                   rotation=30, ha="right", fontsize=8)
-  values = [r["miou"] - r["miou_std"] for r in rows if not np.isnan(r["miou"])]
-  if values:
-    right.set_ylim(max(0.0, min(values) - 5), None)
-  right.set_title(f"strategies at {common}")
-  right.grid(True, axis="y", alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-
-
-def write_outputs(results: list[dict], workdir: str) -> list[dict]:
-  rows = summarize(results)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"runs": results, "summary": rows, "domain_gap": domain_gap(rows)}, f, indent=1)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(format_table(rows))
-  plot(rows, os.path.join(workdir, "miou_vs_budget.png"))
-  return rows
+from ripu_jax.experiments import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="where every run and the results go")
   parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-  parser.add_argument("--settings", default=",".join(s.name for s in SETTINGS),
-                      help="comma-separated subset of: " + ", ".join(SETTINGS_BY_NAME))
+  parser.add_argument("--settings", default=",".join(s.name for s in compare.SETTINGS),
+                      help="comma-separated subset of: " + ", ".join(compare.SETTINGS_BY_NAME))
   parser.add_argument("--source-steps", type=int, default=None,
-                      help="steps of the source-only stage (default 600; smoke 6)")
+                      help=f"steps of the source-only stage (default {compare.DEFAULT_STEPS[0]}; "
+                      f"smoke {compare.SMOKE_STEPS[0]})")
   parser.add_argument("--adapt-steps", type=int, default=None,
-                      help="steps of every other setting (default 600; smoke 6)")
+                      help=f"steps of every other setting (default {compare.DEFAULT_STEPS[1]}; "
+                      f"smoke {compare.SMOKE_STEPS[1]})")
   parser.add_argument("--smoke", action="store_true",
                       help="tiny images and networks: checks the pipeline, not the method")
   parser.add_argument("--report", action="store_true",
@@ -300,85 +44,29 @@ def parse_args(argv=None) -> argparse.Namespace:
   except ValueError:
     parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
   names = [s.strip() for s in args.settings.split(",") if s.strip()]
-  unknown = [n for n in names if n not in SETTINGS_BY_NAME]
-  if unknown or not names or not args.seeds:
-    parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS_BY_NAME)}" if unknown
-                 else "--settings and --seeds must not be empty")
-  if SOURCE_ONLY not in names:
-    names.insert(0, SOURCE_ONLY)  # every other setting starts from it
-  args.settings = [SETTINGS_BY_NAME[n] for n in SETTINGS_BY_NAME if n in names]
-  default_steps = (6, 6) if args.smoke else (600, 600)
-  args.source_steps = args.source_steps or default_steps[0]
-  args.adapt_steps = args.adapt_steps or default_steps[1]
-  if args.source_steps < 1 or args.adapt_steps < 5:
-    parser.error("--source-steps must be >= 1 and --adapt-steps >= 5 (five rounds)")
+  try:
+    args.settings = compare.resolve_settings(names)  # source_only added: the rest start from it
+  except ValueError as error:
+    parser.error(str(error))
+  if not names or not args.seeds:
+    parser.error("--settings and --seeds must not be empty")
+  source_steps, adapt_steps = compare.default_steps(args.smoke)
+  args.source_steps = args.source_steps or source_steps
+  args.adapt_steps = args.adapt_steps or adapt_steps
+  if args.source_steps < 1 or args.adapt_steps < compare.ROUNDS:
+    parser.error(f"--source-steps must be >= 1 and --adapt-steps >= {compare.ROUNDS} "
+                 f"({compare.ROUNDS} selection rounds)")
   return args
-
-
-def _has_checkpoint(directory: str) -> bool:
-  """Whether a run folder holds a finished orbax checkpoint to start other runs from."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  folder = os.path.join(directory, "checkpoints")
-  return os.path.isdir(folder) and bool(ocp.utils.checkpoint_steps(folder))
-
-
-def ensure_source_model(seed: int, workdir: str, **config_kwargs) -> None:
-  """Retrains a seed's source-only model whose result was kept but whose checkpoint was not."""
-  directory = run_dir(workdir, seed, SOURCE_ONLY)
-  result_path = os.path.join(directory, RESULT_FILE)
-  if _has_checkpoint(directory) or not os.path.exists(result_path):
-    return  # present, or not trained yet (run_setting trains it first)
-  with open(result_path) as f:
-    stored = json.load(f)
-  print(f"    seed {seed}: the source-only model is missing (results copied without "
-        "checkpoints?); training it again", flush=True)
-  os.replace(result_path, result_path + ".stored")
-  result = run_setting(SETTINGS_BY_NAME[SOURCE_ONLY], seed, workdir, **config_kwargs)
-  os.remove(result_path + ".stored")
-  if abs(result["miou"] - stored["miou"]) > 1e-6:
-    print(f"WARNING: seed {seed}'s retrained source-only model scores {result['miou']:.3f} "
-          f"mIoU, the stored run {stored['miou']:.3f}: this machine does not reproduce it "
-          "exactly, so runs started from the new model mix with older ones", flush=True)
 
 
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
-  os.makedirs(args.workdir, exist_ok=True)
-  runs = [(seed, setting) for seed in args.seeds for setting in args.settings]
-  results = []
-  start = time.perf_counter()
-  config_kwargs = dict(source_steps=args.source_steps, adapt_steps=args.adapt_steps,
-                       smoke=args.smoke, progress_bars=sys.stderr.isatty())
-  for number, (seed, setting) in enumerate(runs, start=1):
-    done = os.path.exists(os.path.join(run_dir(args.workdir, seed, setting.name), RESULT_FILE))
-    print(f"[{number}/{len(runs)}] seed {seed} {setting.name}"
-          f"{' (finished before)' if done else ' (not finished: left out)' if args.report else ''}",
-          flush=True)
-    if args.report and not done:
-      continue
-    if not done and setting.name != SOURCE_ONLY:
-      ensure_source_model(seed, args.workdir, **config_kwargs)
-    result = run_setting(setting, seed, args.workdir, **config_kwargs)
-    results.append(result)
-    print(f"    mIoU {result['miou']:.1f}, labelled {result['labelled_fraction']:.3%}, "
-          f"{result['seconds'] / 60:.1f} min", flush=True)
-    if not args.report:
-      write_outputs(results, args.workdir)  # partial tables while the comparison runs
-  if not results:
-    print(f"no finished runs in {args.workdir} for these seeds and settings: run the same "
-          "command without --report to train them")
-    return []
-  rows = write_outputs(results, args.workdir)
-  print(format_table(rows))
-  gap = domain_gap(rows)
-  if gap is not None and gap < 15 and not args.smoke:
-    print(f"WARNING: the domain gap is only {gap:.1f} mIoU points (< 15): the benchmark is too "
-          "easy to tell strategies apart", flush=True)
-  print(f"wrote {args.workdir}/results.md, results.json and miou_vs_budget.png "
-        f"({(time.perf_counter() - start) / 60:.1f} min in this invocation)")
-  return rows
+  return compare.run_comparison(
+      args.workdir, args.seeds, args.settings, source_steps=args.source_steps,
+      adapt_steps=args.adapt_steps, smoke=args.smoke, report=args.report,
+      progress_bars=sys.stderr.isatty())
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
   pip install torch            # only this script needs it
   python scripts/convert_torchvision_resnet.py resnet101-5d3b4d8f.pth weights/resnet101.npz
+  python scripts/convert_torchvision_resnet.py resnet34-333f7ec4.pth weights/resnet34.npz --depth 34
 
 The .npz maps torchvision key names (e.g. "layer3.4.conv2.weight") to float32 arrays in
 torch's layout; `ripu_jax.models.load_torchvision_npz` reads it and
@@ -43,8 +44,9 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("input", help="torchvision checkpoint, e.g. resnet101-5d3b4d8f.pth")
   parser.add_argument("output", help="destination .npz")
-  parser.add_argument("--depth", type=int, default=101, choices=(50, 101, 152),
-                      help="ResNet depth the checkpoint must match (checked)")
+  parser.add_argument("--depth", type=int, default=101, choices=(18, 34, 50, 101, 152),
+                      help="ResNet depth the checkpoint must match (checked); 18 and 34 "
+                           "are basic-block ResNets")
   args = parser.parse_args(argv)
 
   arrays = read_torch_state_dict(args.input)

@@ -1,30 +1,37 @@
-"""scripts/compare_strategies.py: aggregation against numpy, a smoke comparison, resume, errors."""
+"""The strategy comparison (ripu_jax.experiments.compare and its command line,
+scripts/compare_strategies.py): aggregation against numpy, the protocol's configs and its
+match with the stored benchmark runs, a smoke comparison, resume, errors."""
 
+import copy
 import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from ripu_jax import config_lib
 from ripu_jax import train
+from ripu_jax.experiments import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "compare_strategies.py")
+STORED_RUNS = os.path.join(ROOT, "benchmarks", "compare_strategies", "runs")
 
 
 def load_script():
-  path = os.path.join(ROOT, "scripts", "compare_strategies.py")
-  spec = importlib.util.spec_from_file_location("compare_strategies", path)
+  spec = importlib.util.spec_from_file_location("compare_strategies", SCRIPT)
   module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up
+  sys.modules[spec.name] = module
   spec.loader.exec_module(module)
   return module
 
 
-compare = load_script()
+cli = load_script()  # the command line: parse_args and main
 
 
 def fake_run(setting, seed, miou, fraction, person=None):
@@ -81,19 +88,97 @@ def test_configs_follow_the_protocol(tmp_path):
   assert (pa.active.kind, pa.active.radius, pa.active.pixels) == ("pa", 4, 40)
   full = compare.make_config(by_name["full"], 1, str(tmp_path), **kwargs)
   assert (full.active.kind, full.train.objective, full.train.negative_weight) == (
-      "full", "source_free", 0.0)
+      "all", "source_free", 0.0)
   with_source = compare.make_config(by_name["full_source"], 1, str(tmp_path), **kwargs)
-  assert (with_source.active.kind, with_source.train.objective) == ("full", "ripu")
+  assert (with_source.active.kind, with_source.train.objective) == ("all", "ripu")
   assert with_source.model.init_from == ripu.model.init_from
   strategies = {compare.make_config(s, 0, str(tmp_path), **kwargs).active.strategy
                 for s in compare.SETTINGS if "_ra_" in s.name}
   assert strategies == {"ripu", "random", "entropy", "confidence", "impurity", "uncertainty"}
 
 
+def stored_config(seed, setting):
+  with open(os.path.join(STORED_RUNS, f"seed{seed}", setting, train.CONFIG_FILE)) as f:
+    return f.read()
+
+
+def set_field(config, field, value):
+  *groups, name = field.split(".")
+  for group in groups:
+    config = config.setdefault(group, {})
+  config[name] = value
+
+
+def test_protocol_survives_config_changes_that_keep_results():
+  text = stored_config(0, "full")  # written before "full" became "all", with num_classes
+  stored = json.loads(text)
+  assert stored["active"]["kind"] == "full" and stored["model"]["num_classes"] == 19
+  assert "plugins" not in stored and "hooks" not in stored
+  now = copy.deepcopy(stored)
+  now["active"]["kind"] = "all"
+  del now["model"]["num_classes"]
+  now["plugins"] = now["hooks"] = []
+  now["model"]["init_from"] = "/elsewhere/seed0/source_only"
+  now["progress_bars"] = True
+  assert compare.protocol_differences(text, json.dumps(now)) == []
+  assert compare._protocol(text) == compare._protocol(json.dumps(now))  # pylint: disable=protected-access
+  assert compare.protocol_differences(json.dumps(now), text) == []
+  # What changes a result still tells the runs apart, and the message names the field.
+  for field, value in (("plugins", ["my_method"]), ("hooks", ["log_grads"]),
+                       ("active.kind", "ra"), ("num_steps", 8),
+                       ("model.kwargs.bn_epsilon", 1e-3), ("train.unknown_new_field", 1)):
+    changed = copy.deepcopy(now)
+    set_field(changed, field, value)
+    differences = compare.protocol_differences(text, json.dumps(changed))
+    assert len(differences) == 1 and differences[0].startswith(field + ": "), differences
+  # The legacy rename is a value of active.kind only.
+  other = copy.deepcopy(now)
+  other["active"]["strategy"] = "full"
+  assert compare.protocol_differences(text, json.dumps(other)) == [
+      "active.strategy: 'ripu' (default) stored vs 'full' now"]
+
+
+def test_a_new_config_field_at_its_default_keeps_stored_runs(monkeypatch):
+  base_config = config_lib.base_config
+
+  def with_new_field():
+    config = base_config()
+    config.train.new_weight = 0.0  # a field added later, its default the earlier behaviour
+    return config
+
+  monkeypatch.setattr(config_lib, "base_config", with_new_field)
+  text = stored_config(1, "ripu_ra_2.2")
+  now = json.loads(text)
+  now["train"]["new_weight"] = 0.0
+  assert compare.protocol_differences(text, json.dumps(now)) == []
+  now["train"]["new_weight"] = 0.5
+  assert compare.protocol_differences(text, json.dumps(now)) == [
+      "train.new_weight: 0.0 (default) stored vs 0.5 now"]
+
+
+@pytest.mark.parametrize("setting", [s.name for s in compare.SETTINGS])
+def test_stored_benchmark_runs_match_the_protocol(setting, tmp_path):
+  # A rerun on a workdir holding benchmarks/compare_strategies/runs reuses them, not refuses.
+  for seed in (0, 1, 2):
+    config = compare.make_config(compare.SETTINGS_BY_NAME[setting], seed, str(tmp_path),
+                                 source_steps=600, adapt_steps=600)
+    assert compare.protocol_differences(stored_config(seed, setting),
+                                        config.to_json_best_effort()) == []
+
+
+def test_command_line_help_lists_the_flags():
+  out = subprocess.run([sys.executable, SCRIPT, "--help"], check=True, capture_output=True,
+                       text=True).stdout
+  for flag in ("--workdir", "--seeds", "--settings", "--source-steps", "--adapt-steps",
+               "--smoke", "--report"):
+    assert flag in out
+  assert "ripu_ra_2.2" in out and "(default 600; smoke 6)" in out
+
+
 def test_smoke_comparison_writes_results_and_resumes(tmp_path, monkeypatch, capsys):
   workdir = str(tmp_path / "compare")
   args = ["--workdir", workdir, "--smoke", "--seeds", "0", "--settings", "ripu_ra_2.2,full"]
-  rows = compare.main(args)
+  rows = cli.main(args)
   assert [r["setting"] for r in rows] == ["source_only", "ripu_ra_2.2", "full"]
   results = json.load(open(os.path.join(workdir, "results.json")))
   assert len(results["runs"]) == 3
@@ -118,13 +203,13 @@ def test_smoke_comparison_writes_results_and_resumes(tmp_path, monkeypatch, caps
 
   monkeypatch.setattr(train, "train_and_evaluate", no_training)
   capsys.readouterr()
-  again = compare.main(args)
+  again = cli.main(args)
   assert capsys.readouterr().out.count("(finished before)") == 3
   assert [r["miou"] for r in again] == [r["miou"] for r in rows]
 
   # --report tabulates finished runs and leaves out the others, training nothing.
   capsys.readouterr()
-  reported = compare.main(args[:-1] + ["ripu_ra_2.2,full,random_ra_2.2", "--report"])
+  reported = cli.main(args[:-1] + ["ripu_ra_2.2,full,random_ra_2.2", "--report"])
   out = capsys.readouterr().out
   assert "random_ra_2.2 (not finished: left out)" in out
   assert [r["miou"] for r in reported] == [r["miou"] for r in rows]
@@ -132,13 +217,13 @@ def test_smoke_comparison_writes_results_and_resumes(tmp_path, monkeypatch, caps
 
   # A changed protocol in the same workdir is refused instead of mixing results.
   with pytest.raises(ValueError, match="other settings"):
-    compare.main(args + ["--adapt-steps", "8"])
+    cli.main(args + ["--adapt-steps", "8"])
 
 
 def test_results_shared_without_checkpoints_retrain_the_source_model(tmp_path, capsys,
                                                                      monkeypatch):
   original = str(tmp_path / "original")
-  first = {r["setting"]: r for r in compare.main(
+  first = {r["setting"]: r for r in cli.main(
       ["--workdir", original, "--smoke", "--seeds", "0", "--settings", "ripu_ra_2.2"])}
   # Share the finished runs elsewhere as their config.json and run.json alone.
   shared = str(tmp_path / "shared")
@@ -149,7 +234,7 @@ def test_results_shared_without_checkpoints_retrain_the_source_model(tmp_path, c
                   os.path.join(compare.run_dir(shared, 0, setting), name))
   capsys.readouterr()
   monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # progress bars on: same protocol
-  rows = {r["setting"]: r for r in compare.main(
+  rows = {r["setting"]: r for r in cli.main(
       ["--workdir", shared, "--smoke", "--seeds", "0", "--settings", "ripu_ra_2.2,full"])}
   out = capsys.readouterr().out
   assert "source-only model is missing" in out and "WARNING" not in out
@@ -162,10 +247,10 @@ def test_results_shared_without_checkpoints_retrain_the_source_model(tmp_path, c
 
 def test_bad_arguments_say_what_is_allowed(capsys):
   with pytest.raises(SystemExit):
-    compare.parse_args(["--workdir", "x", "--settings", "ripu_ra_2.2,nonsense"])
+    cli.parse_args(["--workdir", "x", "--settings", "ripu_ra_2.2,nonsense"])
   assert "unknown settings ['nonsense']" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    compare.parse_args(["--workdir", "x", "--seeds", "a,b"])
+    cli.parse_args(["--workdir", "x", "--seeds", "a,b"])
   assert "--seeds must be comma-separated integers" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    compare.parse_args(["--workdir", "x", "--adapt-steps", "3"])
+    cli.parse_args(["--workdir", "x", "--adapt-steps", "3"])

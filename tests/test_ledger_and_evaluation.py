@@ -100,3 +100,55 @@ def test_flip_averaging_is_flip_equivariant():
   np.testing.assert_allclose(averaged, flipped_input[:, :, ::-1], atol=1e-6)
   np.testing.assert_allclose(averaged.sum(-1), 1.0, atol=1e-5)
   assert not np.allclose(plain, averaged)
+
+
+def test_ledger_masks_and_frames_labels_exclusion_and_round_trip():
+  ledger = LabelLedger([(8, 10), (8, 10), (8, 10)], label_radius=1, suppress_radius=2)
+  segment = np.zeros((8, 10), bool)
+  segment[2:4, 3:7] = True
+  ledger.record_mask(1, 0, segment)
+  ledger.record_frame(1, 1)
+  ledger.record(2, 0, [[7, 0]])
+  expected = segment | _naive_squares((8, 10), [(7, 0)], 1)
+  np.testing.assert_array_equal(ledger.labeled_mask(0), expected)
+  assert ledger.labeled_mask(1).all() and not ledger.labeled_mask(2).any()
+  # A mask excludes its pixels grown by label_radius: no later square can reach them.
+  rows, cols = np.nonzero(segment)
+  grown = _naive_squares((8, 10), list(zip(rows, cols)), 1)
+  np.testing.assert_array_equal(ledger.excluded_mask(0),
+                                grown | _naive_squares((8, 10), [(7, 0)], 2))
+  assert ledger.labeled_pixels() == expected.sum() + 80
+  assert ledger.labeled_fraction() == pytest.approx((expected.sum() + 80) / 240)
+  assert ledger.rounds_of(0) == (1, 2) and ledger.rounds_recorded == (1, 2)
+  restored = LabelLedger.from_state(ledger.state())
+  assert restored == ledger
+  np.testing.assert_array_equal(restored.labeled_mask(0), expected)
+  assert restored.labeled_mask(1).all()
+
+
+def test_ledger_masks_and_frames_refuse_spending_twice():
+  ledger = LabelLedger([(8, 10), (8, 10)], label_radius=1, suppress_radius=2)
+  ledger.record(1, 0, [[4, 4]])
+  overlapping = np.zeros((8, 10), bool)
+  overlapping[5, 5] = True  # inside the labelled square of (4, 4)
+  with pytest.raises(ValueError, match="spent twice"):
+    ledger.record_mask(2, 0, overlapping)
+  with pytest.raises(ValueError, match="already recorded"):
+    ledger.record_mask(1, 0, np.zeros((8, 10), bool))
+  with pytest.raises(ValueError, match="must be bool"):
+    ledger.record_mask(2, 0, np.zeros((8, 9), bool))
+  with pytest.raises(ValueError, match="already has labels"):
+    ledger.record_frame(2, 0)
+  ledger.record_frame(1, 1)
+  with pytest.raises(ValueError, match="excluded"):
+    ledger.record(2, 1, [[0, 0]])
+  with pytest.raises(ValueError, match="spent twice"):
+    ledger.record_mask(2, 1, overlapping)
+
+
+def test_ledger_state_without_masks_still_restores():
+  """Ledgers saved before masks and frames existed (no such keys) keep their picks."""
+  ledger = LabelLedger([(10, 12)], label_radius=1, suppress_radius=2)
+  ledger.record(1, 0, [[3, 3]])
+  old = {k: v for k, v in ledger.state().items() if k in ("picks", "records", "label_shapes")}
+  assert LabelLedger.from_state(old) == ledger

@@ -1,4 +1,4 @@
-"""Tests for ripu_jax.optim and ripu_jax.train_step."""
+"""Tests for ripu_jax.optim and RIPU's objectives' training step."""
 
 import jax
 import jax.numpy as jnp
@@ -7,10 +7,18 @@ import optax
 import pytest
 from flax import nnx
 
-from ripu_jax import models, optim
-from ripu_jax.train_step import make_train_step
+from ripu_jax import config_lib, models, optim
+from ripu_jax.objectives import OBJECTIVES, TrainState
 
 TINY = {"blocks": (1, 1, 1, 1), "width_multiplier": 1 / 16}
+
+
+def make_train_step(objective="ripu", **train_fields):
+  """`step(model, optimizer, batch)` of a registered objective with config.train fields."""
+  config = config_lib.base_config()
+  config.train.update(train_fields)
+  step = OBJECTIVES.get(objective)(config).make_step()
+  return lambda model, optimizer, batch: step(TrainState(model, optimizer), batch)
 
 
 def test_poly_schedule_values():

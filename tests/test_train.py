@@ -1,7 +1,6 @@
 """The trainer end to end on tiny synthetic configs: rounds, exports, resume, devices, errors."""
 
 import glob
-import importlib.util
 import json
 import os
 import signal
@@ -23,10 +22,7 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 
 
 def load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(os.path.join(ROOT, "configs", name + ".py"), arg)
 
 
 def tiny_config(**overrides):
@@ -72,6 +68,12 @@ def test_release_settings_per_config():
   assert tuple(free.active.round_steps) == (0, 2_000, 4_000, 6_000, 8_000)
   assert load_config("gtav_source_only").active.kind == "none"
   assert set(config_lib.class_sets(load_config("synthia"))) == {"miou", "miou_13"}
+  # The release's network on SYNTHIA has 16 outputs; its frozen BN has no epsilon.
+  assert config_lib.num_classes(load_config("synthia")) == 16
+  assert config_lib.num_classes(load_config("synthia_source_free")) == 16
+  assert config_lib.num_classes(load_config("gtav")) == 19
+  assert load_config("gtav").model.kwargs.bn_epsilon == 0.0
+  assert "bn_epsilon" not in load_config("demo").model.kwargs
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -93,7 +95,7 @@ def test_bad_config_values_are_named(field, value, message):
 
 
 def test_batch_not_divisible_by_devices(tmp_path, monkeypatch):
-  monkeypatch.setattr(train.acquisition, "default_mesh",
+  monkeypatch.setattr(train.sharding, "default_mesh",
                       lambda: type("Mesh", (), {"size": 3, "shape": {"data": 3}})())
   with pytest.raises(ValueError, match="not divisible by the 3 devices"):
     train.Trainer(tiny_config(), str(tmp_path))
@@ -167,8 +169,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
   trainer = train.Trainer(tiny_config(), workdir)
   real_step = trainer.train_step
 
-  def poisoned(model, optimizer, batch):
-    metrics = real_step(model, optimizer, batch)
+  def poisoned(state, batch):
+    metrics = real_step(state, batch)
     if trainer.step >= 3:
       metrics = dict(metrics, total=np.float32(np.nan))
     return metrics
@@ -254,3 +256,21 @@ def test_one_and_four_devices_give_the_same_losses_and_ledger(tmp_path):
       for term in ("source_ce", "target_ce", "total"):
         assert a[term] == pytest.approx(b[term], rel=1e-3, abs=1e-5)
   assert ledger_of(runs[1]) == ledger_of(runs[4])
+
+
+def test_checkpoint_of_an_earlier_layout_says_to_start_fresh(tmp_path):
+  """Before the whole train state was saved, checkpoints held "model" and "optimizer"."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = str(tmp_path / "run" / "checkpoints")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=True, enable_async_checkpointing=False), item_handlers={
+          "model": ocp.StandardCheckpointHandler(),
+          "optimizer": ocp.StandardCheckpointHandler(),
+          "progress": ocp.JsonCheckpointHandler()})
+  manager.save(3, args=ocp.args.Composite(
+      model=ocp.args.StandardSave({"w": np.zeros(2, np.float32)}),
+      optimizer=ocp.args.StandardSave({"m": np.zeros(2, np.float32)}),
+      progress=ocp.args.JsonSave({"step": 3})))
+  manager.close()
+  with pytest.raises(ValueError, match="earlier ripu_jax.*fresh --workdir.*init_from"):
+    train.Trainer(tiny_config(), str(tmp_path / "run"))

@@ -8,10 +8,12 @@ or, for a whole round on a device mesh, `select_round(logits, plan=plan_round(..
 
 from ripu_jax.acquisition.budgets import pixels_per_round, regions_per_round
 from ripu_jax.acquisition.greedy import Selection, greedy_select
-from ripu_jax.acquisition.scores import Scores, pixel_stats, ripu_scores, upsample_logits
-from ripu_jax.acquisition.selection_round import RoundPlan, default_mesh, plan_round, select_round
+from ripu_jax.acquisition.scores import Scores, pixel_stats, ripu_scores
+from ripu_jax.acquisition.selection_round import RoundPlan, plan_round, select_round
 from ripu_jax.acquisition.strategies import (available_strategies, get_strategy,
                                              register_strategy)
+from ripu_jax.image_ops import upsample_logits
+from ripu_jax.sharding import default_mesh
 
 __all__ = [
     "RoundPlan", "Scores", "Selection", "available_strategies", "default_mesh", "get_strategy",

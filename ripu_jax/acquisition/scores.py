@@ -35,7 +35,6 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from ripu_jax import image_ops
 
 EPS = 1e-6
 # Windows up to this radius are summed from shifted slices; larger ones use running sums.
@@ -368,11 +367,3 @@ def ripu_scores(logits, *, radius: int, mode: str, image_names=None) -> Scores:
   scores, finite = _ripu_scores_jit(jnp.asarray(logits), radius, mode)
   raise_if_not_finite(finite, image_names)
   return scores
-
-
-def upsample_logits(logits, size: tuple[int, int]) -> jax.Array:
-  """Bilinear upsampling of logits [B, h, w, C] to size (H, W), align_corners=True."""
-  validate_logits(logits)
-  if len(size) != 2 or min(size) < 1:
-    raise ValueError(f"size must be (height, width) with positive entries, got {size!r}")
-  return image_ops.resize_bilinear(jnp.asarray(logits).astype(jnp.float32), tuple(size))

@@ -1,31 +1,33 @@
 """One selection round over a batch of images, data-parallel over a device mesh.
 
-Logits come in at the network's resolution, are upsampled on device to the label size,
-scored by a registered strategy and turned into picks by the exact greedy selection. Only
-picks and masks come back to the host. The batch is sharded over the mesh's "data" axis:
+Logits (or the named model outputs a strategy reads) come in at the network's resolution,
+are upsampled on device to the label size, scored by a registered strategy and turned into
+picks by the exact greedy selection. Only picks and masks come back to the host. The batch
+is sharded over the mesh's "data" axis:
 scoring is per image, so `jax.jit` with NamedSharding partitions it without communication;
 the greedy loop is sequential per image, so it runs per device under `shard_map`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from ripu_jax import image_ops
+from ripu_jax import sharding
 from ripu_jax.acquisition import budgets
 from ripu_jax.acquisition.greedy import Selection, select_batch
 from ripu_jax.acquisition.scores import (finite_per_image, raise_if_not_finite, validate_logits,
                                          validate_mode, validate_radius)
-from ripu_jax.acquisition.strategies import get_strategy
+from ripu_jax.acquisition.strategies import get_strategy, model_outputs
 
-DATA_AXIS = "data"
+DATA_AXIS = sharding.DATA_AXIS
 KINDS = ("ra", "pa")
 
 
@@ -55,12 +57,6 @@ def plan_round(kind: str, height: int, width: int, *, radius: int, rounds: int,
   raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def default_mesh() -> Mesh:
-  """A 1-D mesh named "data" over all local devices (automatic sharding propagation)."""
-  return jax.make_mesh((jax.local_device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-
-
 class CompiledRound(NamedTuple):
   """A round as two jitted stages; the score map passes between them on device.
 
@@ -68,11 +64,11 @@ class CompiledRound(NamedTuple):
   not), the round ran 20-30% slower on XLA CPU than its two parts called one after the other
   (1024x2048, RA and PA).
   """
-  score: Callable  # (logits, image_ids, seed) -> (score [B, H, W] with NaN -> -inf, finite [B])
+  score: Callable  # (inputs, image_ids, seed) -> (score [B, H, W] with NaN -> -inf, finite [B])
   select: Callable  # (score, excluded) -> Selection
 
-  def __call__(self, logits, excluded, image_ids, seed):
-    score, finite = self.score(logits, image_ids, seed)
+  def __call__(self, inputs, excluded, image_ids, seed):
+    score, finite = self.score(inputs, image_ids, seed)
     return self.select(score, excluded), finite
 
 
@@ -80,20 +76,20 @@ class CompiledRound(NamedTuple):
 def _compiled_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
                     plan: RoundPlan) -> CompiledRound:
   strategy = get_strategy(strategy_name)
-  batch = NamedSharding(mesh, P(DATA_AXIS))
-  replicated = NamedSharding(mesh, P())
+  batch = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
   select = functools.partial(select_batch, num_picks=plan.num_picks,
                              label_radius=plan.label_radius,
                              suppress_radius=plan.suppress_radius)
   select_per_device = jax.shard_map(select, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)),
                                     out_specs=P(DATA_AXIS), check_vma=False)
 
-  def score_images(logits, image_ids, seed):
-    finite = finite_per_image(logits)
-    logits = image_ops.resize_bilinear(logits.astype(jnp.float32), label_size)
+  def score_images(inputs, image_ids, seed):
+    finite = functools.reduce(jnp.logical_and, [finite_per_image(x) for x in inputs])
+    inputs = [image_ops.resize_bilinear(x.astype(jnp.float32), label_size) for x in inputs]
     base = jax.random.key(seed)
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(image_ids)
-    score = strategy(logits, radius=plan.radius, mode=plan.mode, keys=keys)
+    score = strategy(*inputs, radius=plan.radius, mode=plan.mode, keys=keys)
     return jnp.where(jnp.isnan(score), -jnp.inf, score), finite
 
   return CompiledRound(
@@ -108,15 +104,33 @@ def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
                  seed: int = 0, image_names=None, mesh: Mesh | None = None) -> Selection:
   """Scores and selects on a batch of logits [B, h, w, C]; returns numpy picks and masks.
 
+  logits: the logits, or a mapping of named model outputs holding every output the strategy
+  reads (`strategies.model_outputs`), each [B, h, w, channels].
   label_size: (H, W) at which regions are scored and labelled (default: the logits' size).
   excluded: bool [B, H, W], pixels labelled or suppressed in earlier rounds.
   image_ids: int [B], each image's index in its dataset (seeds "random" per image; defaults to
   0..B-1). The batch must divide evenly over the mesh's devices.
   """
-  validate_logits(logits)
+  names = model_outputs(get_strategy(strategy))
+  if isinstance(logits, Mapping):
+    missing = [n for n in names if n not in logits]
+    if missing:
+      raise ValueError(f"strategy {strategy!r} reads model outputs {list(names)}; missing "
+                       f"{missing} (given {sorted(logits)})")
+    inputs = tuple(logits[n] for n in names)
+  elif names == ("logits",):
+    inputs = (logits,)
+  else:
+    raise ValueError(f"strategy {strategy!r} reads model outputs {list(names)}: pass a "
+                     "mapping of named outputs, not one array")
+  for x in inputs:
+    validate_logits(x)
+  logits = inputs[0]
   validate_mode(plan.mode)
-  mesh = mesh or default_mesh()
+  mesh = mesh or sharding.default_mesh()
   batch = logits.shape[0]
+  if any(x.shape[0] != batch for x in inputs):
+    raise ValueError(f"model outputs {list(names)} hold different batch sizes")
   devices = mesh.shape[DATA_AXIS]
   if batch % devices:
     raise ValueError(f"batch of {batch} images does not split over {devices} devices; "
@@ -135,6 +149,6 @@ def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
   if image_ids.shape != (batch,):
     raise ValueError(f"image_ids must have shape ({batch},), got {image_ids.shape}")
   run = _compiled_round(mesh, strategy, label_size, RoundPlan(*plan))
-  selection, finite = run(logits, excluded, image_ids, np.int32(seed))
+  selection, finite = run(inputs, excluded, image_ids, np.int32(seed))
   raise_if_not_finite(finite, image_names)
   return Selection(*(np.asarray(x) for x in selection))

@@ -11,7 +11,9 @@ sharded selection round) and gets the same arguments:
 In region mode a baseline's pixel value is averaged over the (2k+1)^2 window, as RIPU's
 uncertainty is; "random" is not averaged (an average of noise is still noise). New
 strategies (a two-head discrepancy, a multi-view entropy) register with
-`@register_strategy("name")`.
+`@register_strategy("name")`; one that reads other model outputs than the logits names them,
+`@register_strategy("name", inputs=("aux/0", "aux/1"))`, and receives those arrays (each
+upsampled to label resolution) as its positional arguments, in that order.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ripu_jax.acquisition import scores as scores_lib
+from ripu_jax.registry import Registry
 
 
 class Strategy(Protocol):
@@ -31,30 +34,34 @@ class Strategy(Protocol):
     ...
 
 
-_REGISTRY: dict[str, Strategy] = {}
+STRATEGIES: Registry[Strategy] = Registry("acquisition strategy")
 
 
-def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
-  """Decorator adding a strategy to the registry under `name`."""
+def register_strategy(name: str, *, inputs: tuple[str, ...] = ("logits",)
+                      ) -> Callable[[Strategy], Strategy]:
+  """Decorator adding a strategy under `name`; `inputs` are the model outputs it reads."""
+  inputs = tuple(inputs)
+  if not inputs or not all(isinstance(i, str) and i for i in inputs):
+    raise ValueError(f"inputs must name at least one model output, got {inputs!r}")
+
   def add(fn: Strategy) -> Strategy:
-    if name in _REGISTRY:
-      raise ValueError(f"strategy {name!r} is already registered")
-    _REGISTRY[name] = fn
-    return fn
+    fn.model_outputs = inputs
+    return STRATEGIES.register(name)(fn)
+
   return add
 
 
+def model_outputs(strategy: Strategy) -> tuple[str, ...]:
+  """The named model outputs a strategy reads, in argument order ("logits" by default)."""
+  return getattr(strategy, "model_outputs", ("logits",))
+
+
 def get_strategy(name: str) -> Strategy:
-  try:
-    return _REGISTRY[name]
-  except KeyError:
-    raise ValueError(
-        f"unknown acquisition strategy {name!r}; available: {', '.join(available_strategies())}"
-    ) from None
+  return STRATEGIES.get(name)
 
 
 def available_strategies() -> list[str]:
-  return sorted(_REGISTRY)
+  return STRATEGIES.names()
 
 
 def _normalised(values: jax.Array, num_classes: int) -> jax.Array:

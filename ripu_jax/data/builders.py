@@ -9,6 +9,9 @@ totals. The metadata is computed from the decoded labels themselves.
 
 TFDS writes into a temporary folder and renames it only after every split was written, so an
 interrupted or failed preparation never leaves a readable dataset behind.
+
+The manual builders take their finder, label decoder and download instructions from the
+dataset catalogue (`ripu_jax.data.catalog`), whose specs name these classes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 import tqdm
 
+from ripu_jax.data import catalog
 from ripu_jax.data import labels as labels_lib
 from ripu_jax.data import manual
 from ripu_jax.data import reader
@@ -104,17 +108,20 @@ class _ManualSegmentationBuilder(_LocalCode, tfds.core.GeneratorBasedBuilder,
     )
 
   def _split_generators(self, dl_manager):
-    root = manual.check_manual_dir(self.name, dl_manager.manual_dir)
+    spec = catalog.get(self.name)
+    root = manual.check_manual_dir(self.name, dl_manager.manual_dir, spec.help)
     tree = manual.FileTree(root)
-    splits = manual.FINDERS[self.name](tree)
-    return {split: self._generate_examples(tree, pairs, split) for split, pairs in splits.items()}
+    splits = spec.finder(tree)
+    return {split: self._generate_examples(tree, pairs, split, spec.label_loader)
+            for split, pairs in splits.items()}
 
-  def _generate_examples(self, tree: manual.FileTree, pairs: list[manual.Pair], split: str):
+  def _generate_examples(self, tree: manual.FileTree, pairs: list[manual.Pair], split: str,
+                         label_loader):
     stats = _SplitStatistics()
     mismatched = []
     for index, pair in enumerate(_progress(pairs, len(pairs), f"{self.name} {split}")):
       image = manual.load_image(tree, pair.image)
-      train_ids = manual.load_train_ids(tree, pair.label, self.name)
+      train_ids = label_loader(tree, pair.label)
       if (image.height, image.width) != train_ids.shape:
         if not self.ALLOW_SIZE_MISMATCH:
           raise manual.CorruptFileError(
@@ -183,6 +190,18 @@ class Synthetic(_LocalCode, tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {reader.VERSION: "Source train, target train and target val splits."}
   BUILDER_CONFIGS = [SyntheticBuilderConfig.from_generator(synthetic_lib.SyntheticConfig())]
 
+  @classmethod
+  def from_config(cls, data_dir: str, generator: synthetic_lib.SyntheticConfig,
+                  **kwargs) -> "Synthetic":
+    """The builder of `generator`'s dataset (the catalogue's generated-data hook)."""
+    registered = {c.name: c for c in cls.BUILDER_CONFIGS}
+    if generator.name in registered:
+      # TFDS accepts a registered config only by name, and a custom one only under a new name.
+      builder_config = registered[generator.name]
+    else:
+      builder_config = SyntheticBuilderConfig.from_generator(generator)
+    return cls(data_dir=data_dir, config=builder_config, **kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
@@ -211,5 +230,3 @@ class Synthetic(_LocalCode, tfds.core.GeneratorBasedBuilder):
     self.info.metadata[split] = stats.as_metadata()
     self.info.metadata["generator"] = dataclasses.asdict(generator)
 
-
-BUILDERS = {"gtav": Gtav, "synthia": Synthia, "cityscapes": Cityscapes, "synthetic": Synthetic}

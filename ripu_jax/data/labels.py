@@ -1,13 +1,25 @@
-"""Label maps shared by every dataset: the 19-class Cityscapes train-id set.
+"""Label ids on disk, the one ignore value, and label spaces (what a network predicts).
 
-All datasets are stored with Cityscapes train ids (0..18) and 255 for "ignore", so a model
-trained on one domain predicts directly in the label space of the other. GTAV and Cityscapes
-annotate with Cityscapes label ids; SYNTHIA uses its own ids, of which 16 classes overlap the
-19 (no terrain, truck, train; SYNTHIA's own terrain/truck/train annotations are not used, as in
-the domain-adaptation literature).
+Storage: today's datasets are stored with Cityscapes train ids (0..18) and 255 for "ignore".
+GTAV and Cityscapes annotate with Cityscapes label ids; SYNTHIA uses its own ids, of which 16
+classes overlap the 19 (no terrain, truck, train; SYNTHIA's own terrain/truck/train annotations
+are not used, as in the domain-adaptation literature). The on-disk format does not depend on
+the run, so one prepared copy serves every experiment.
+
+Label spaces: a run trains and evaluates in one `LabelSpace` (its source dataset's, see
+`ripu_jax.data.catalog`): its class names, palette, number of network outputs and evaluation
+class sets. A dataset's stored ids reach the run's space through a 256-entry table
+(`LabelSpace.table_from`), matched by class name, so SYNTHIA -> Cityscapes runs predict the 16
+shared classes with a 16-output network (as the reference release, NUM_CLASSES: 16) while both
+datasets stay stored as 19-space train ids. `IGNORE_LABEL` is the single ignore value of the
+project; tables keep it ignored.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -95,6 +107,116 @@ def pixel_counts(train_ids: np.ndarray) -> np.ndarray:
 
 def colorize(train_ids: np.ndarray) -> np.ndarray:
   """[H, W, 3] uint8 visualisation of a train-id map (ignored pixels black)."""
-  table = np.zeros((256, 3), np.uint8)
-  table[:NUM_CLASSES] = PALETTE
-  return table[np.asarray(train_ids, np.uint8)]
+  return CITYSCAPES_19.colorize(train_ids)
+
+
+# ----------------------------------------------------------------------------- label spaces
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+  array = np.array(array)
+  array.setflags(write=False)
+  return array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LabelSpace:
+  """The classes a run's network predicts, and which of them are trained and evaluated.
+
+  Attributes:
+    name: registry name (e.g. "cityscapes19").
+    class_names: one name per network output; stored ids of any dataset are matched to the
+      space by these names.
+    palette: [num_classes, 3] uint8 colour of each class (visualisation).
+    eval_sets: evaluation class sets, name -> class indices within the space; "miou" is
+      required (the trainer reports it), others are extra (SYNTHIA's "miou_13").
+    kept: the class indices labels keep (default: all); a stored class outside it becomes
+      IGNORE_LABEL. Every evaluated class must be kept. The synthetic benchmark keeps the 12
+      classes its generator paints out of a 19-output network.
+  """
+
+  name: str
+  class_names: tuple[str, ...]
+  palette: np.ndarray
+  eval_sets: Mapping[str, tuple[int, ...]]
+  kept: tuple[int, ...] | None = None
+
+  def __post_init__(self):
+    names = tuple(self.class_names)
+    if not names or len(names) >= IGNORE_LABEL:
+      raise ValueError(f"label space {self.name!r} needs 1..{IGNORE_LABEL - 1} classes, got "
+                       f"{len(names)}")
+    if len(set(names)) != len(names):
+      raise ValueError(f"label space {self.name!r} has repeated class names {names}")
+    palette = np.asarray(self.palette)
+    if palette.shape != (len(names), 3):
+      raise ValueError(f"label space {self.name!r}: palette must be [{len(names)}, 3] "
+                       f"(one RGB colour per class), got shape {palette.shape}")
+    kept = tuple(range(len(names))) if self.kept is None else tuple(int(c) for c in self.kept)
+    self._check_indices(kept, "kept")
+    sets = {str(k): tuple(int(c) for c in v) for k, v in dict(self.eval_sets).items()}
+    if "miou" not in sets:
+      raise ValueError(f"label space {self.name!r} needs an evaluation set named 'miou' (the "
+                       f"trainer reports it), got {sorted(sets)}")
+    for set_name, classes in sets.items():
+      self._check_indices(classes, f"eval set {set_name!r}")
+      outside = sorted(set(classes) - set(kept))
+      if outside:
+        raise ValueError(f"label space {self.name!r}: eval set {set_name!r} lists classes "
+                         f"{outside} that are not kept (their labels would all be ignored)")
+    object.__setattr__(self, "class_names", names)
+    object.__setattr__(self, "palette", _read_only(palette.astype(np.uint8)))
+    object.__setattr__(self, "eval_sets", types.MappingProxyType(sets))
+    object.__setattr__(self, "kept", kept)
+
+  def _check_indices(self, classes: Sequence[int], what: str) -> None:
+    if not classes or len(set(classes)) != len(classes) or not all(
+        0 <= c < len(self.class_names) for c in classes):
+      raise ValueError(f"label space {self.name!r}: {what} must list distinct class indices in "
+                       f"[0, {len(self.class_names)}), got {tuple(classes)}")
+
+  @property
+  def num_classes(self) -> int:
+    """Network outputs."""
+    return len(self.class_names)
+
+  def table_from(self, stored: "LabelSpace") -> np.ndarray:
+    """[256] uint8 read-only table: a stored id of `stored` -> index in this space.
+
+    Ids are matched by class name; a stored class this space does not keep, every id beyond
+    `stored`'s classes, and IGNORE_LABEL map to IGNORE_LABEL.
+
+    Raises:
+      ValueError: when the two spaces share no kept class (no label would survive).
+    """
+    index = {self.class_names[c]: c for c in self.kept}
+    table = np.full(256, IGNORE_LABEL, np.uint8)
+    for stored_id, name in enumerate(stored.class_names):
+      if name in index:
+        table[stored_id] = index[name]
+    if (table == IGNORE_LABEL).all():
+      raise ValueError(f"labels stored as {stored.name!r} share no class with the label space "
+                       f"{self.name!r} ({', '.join(self.class_names)}); every label would be "
+                       "ignored. Train in a space with common class names")
+    return _read_only(table)
+
+  def colorize(self, ids: np.ndarray) -> np.ndarray:
+    """[H, W, 3] uint8 visualisation of a map of this space's indices (ignored pixels black)."""
+    table = np.zeros((256, 3), np.uint8)
+    table[:self.num_classes] = self.palette
+    return table[np.asarray(ids, np.uint8)]
+
+  def __repr__(self) -> str:
+    return (f"LabelSpace({self.name!r}, num_classes={self.num_classes}, "
+            f"eval_sets={dict(self.eval_sets)})")
+
+
+# The 19 Cityscapes train ids, all trained and evaluated (GTAV -> Cityscapes).
+CITYSCAPES_19 = LabelSpace("cityscapes19", CLASS_NAMES, PALETTE, {"miou": ALL_CLASSES})
+
+# SYNTHIA's 16 classes, indices 0..15 in the order of SYNTHIA_CLASSES; mIoU over the 16 and
+# mIoU* over the 13 without wall, fence and pole (SYNTHIA -> Cityscapes).
+SYNTHIA_16 = LabelSpace(
+    "synthia16", tuple(CLASS_NAMES[c] for c in SYNTHIA_CLASSES), PALETTE[list(SYNTHIA_CLASSES)],
+    {"miou": tuple(range(len(SYNTHIA_CLASSES))),
+     "miou_13": tuple(SYNTHIA_CLASSES.index(c) for c in SYNTHIA_13_CLASSES)})

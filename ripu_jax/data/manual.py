@@ -3,7 +3,10 @@
 Users keep these datasets however they downloaded them: the original .zip archives, extracted
 folders, or a mix. `FileTree` lists files in folders and inside .zip archives alike, and the
 `find_*` functions pair images with labels by the datasets' own naming rules, skipping stray
-files (hidden files, images without labels and the reverse) with a warning.
+files (hidden files, images without labels and the reverse) with a warning; the `load_*_train_ids`
+functions decode a label file into stored train ids. The dataset catalogue
+(`ripu_jax.data.catalog`) names, per dataset, which finder, label loader and help text apply;
+this module keeps no table of datasets.
 """
 
 from __future__ import annotations
@@ -56,9 +59,6 @@ the files leftImg8bit_trainvaltest.zip (11 GB) and gtFine_trainvaltest.zip (241 
     leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
     gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
 """
-
-HELP = {"gtav": GTAV_HELP, "synthia": SYNTHIA_HELP, "cityscapes": CITYSCAPES_HELP}
-
 
 class ManualDataError(FileNotFoundError):
   """The manually downloaded data is missing or not laid out as expected."""
@@ -167,17 +167,19 @@ class FileTree:
     raise TypeError("FileTree holds open archives and is not picklable")
 
 
-def check_manual_dir(dataset: str, manual_dir: str | os.PathLike | None) -> str:
-  """Returns the absolute manual dir, or raises ManualDataError explaining the download."""
+def check_manual_dir(dataset: str, manual_dir: str | os.PathLike | None,
+                     help_text: str) -> str:
+  """Returns the absolute manual dir, or raises ManualDataError with `help_text` (the
+  dataset's download instructions)."""
   if manual_dir is None:
     raise ManualDataError(
         f"Preparing {dataset} needs --manual_dir pointing at the downloaded files.\n"
-        f"{HELP[dataset]}")
+        f"{help_text}")
   path = os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
   if not os.path.isdir(path):
-    raise ManualDataError(f"The manual dir {path} does not exist.\n{HELP[dataset]}")
+    raise ManualDataError(f"The manual dir {path} does not exist.\n{help_text}")
   if not os.listdir(path):
-    raise ManualDataError(f"The manual dir {path} is empty.\n{HELP[dataset]}")
+    raise ManualDataError(f"The manual dir {path} is empty.\n{help_text}")
   return path
 
 
@@ -215,14 +217,14 @@ def _pair(dataset: str, tree: FileTree, images: dict, labels: dict,
   return [Pair(name_of(key, images[key]), images[key], labels[key]) for key in keys]
 
 
-def _missing_error(dataset: str, tree: FileTree, what: str) -> ManualDataError:
+def _missing_error(help_text: str, tree: FileTree, what: str) -> ManualDataError:
   hint = ""
   if tree.unsupported_archives:
     hint = ("\nFound archives this tool cannot read directly; extract them first: " +
             ", ".join(tree.unsupported_archives[:5]))
   sample = ", ".join(str(e) for e in tree.entries[:3]) or "no files at all"
   return ManualDataError(
-      f"No {what} found under {tree.root} (it contains: {sample}).{hint}\n{HELP[dataset]}")
+      f"No {what} found under {tree.root} (it contains: {sample}).{hint}\n{help_text}")
 
 
 def find_gtav(tree: FileTree) -> dict[str, list[Pair]]:
@@ -240,12 +242,12 @@ def find_gtav(tree: FileTree) -> dict[str, list[Pair]]:
     logging.warning("gtav: %d file(s) found twice (archive and folder); using one copy each",
                     len(duplicates))
   if not images:
-    raise _missing_error("gtav", tree, "GTAV images (images/*.png)")
+    raise _missing_error(GTAV_HELP, tree, "GTAV images (images/*.png)")
   if not labels:
-    raise _missing_error("gtav", tree, "GTAV labels (labels/*.png)")
+    raise _missing_error(GTAV_HELP, tree, "GTAV labels (labels/*.png)")
   pairs = _pair("gtav", tree, images, labels, lambda key, image: image.name)
   if not pairs:
-    raise _missing_error("gtav", tree, "GTAV image/label pairs with matching file names")
+    raise _missing_error(GTAV_HELP, tree, "GTAV image/label pairs with matching file names")
   return {"train": pairs}
 
 
@@ -263,16 +265,16 @@ def find_synthia(tree: FileTree) -> dict[str, list[Pair]]:
   if duplicates:
     logging.warning("synthia: %d file(s) found twice; using one copy each", len(duplicates))
   if not images:
-    raise _missing_error("synthia", tree, "SYNTHIA images (RGB/*.png)")
+    raise _missing_error(SYNTHIA_HELP, tree, "SYNTHIA images (RGB/*.png)")
   if not labels:
-    raise _missing_error("synthia", tree, "SYNTHIA labels (GT/LABELS/*.png)")
+    raise _missing_error(SYNTHIA_HELP, tree, "SYNTHIA labels (GT/LABELS/*.png)")
   pairs = _pair("synthia", tree, images, labels, lambda key, image: image.name)
   if not pairs:
-    raise _missing_error("synthia", tree, "SYNTHIA image/label pairs with matching file names")
+    raise _missing_error(SYNTHIA_HELP, tree, "SYNTHIA image/label pairs with matching file names")
   return {"train": pairs}
 
 
-CITYSCAPES_SPLITS = ("train", "val")
+# The labelled Cityscapes splits and their full sizes (the catalogue takes its splits from here).
 CITYSCAPES_SIZES = {"train": 2975, "val": 500}
 _LEFT_SUFFIX = "_leftImg8bit"
 _LABEL_SUFFIX = "_gtFine_labelIds"
@@ -280,7 +282,7 @@ _LABEL_SUFFIX = "_gtFine_labelIds"
 
 def find_cityscapes(tree: FileTree) -> dict[str, list[Pair]]:
   """{"train": pairs, "val": pairs}: leftImg8bit/<split>/<city>/* with gtFine label ids."""
-  found = {split: ({}, {}) for split in CITYSCAPES_SPLITS}
+  found = {split: ({}, {}) for split in CITYSCAPES_SIZES}
   duplicates = []
   for entry in tree.entries:
     stem = entry.stem
@@ -297,23 +299,20 @@ def find_cityscapes(tree: FileTree) -> dict[str, list[Pair]]:
   if duplicates:
     logging.warning("cityscapes: %d file(s) found twice; using one copy each", len(duplicates))
   if not any(images for images, _ in found.values()):
-    raise _missing_error("cityscapes", tree, "Cityscapes images (leftImg8bit/{train,val}/...)")
+    raise _missing_error(CITYSCAPES_HELP, tree, "Cityscapes images (leftImg8bit/{train,val}/...)")
   if not any(labels for _, labels in found.values()):
-    raise _missing_error("cityscapes", tree,
+    raise _missing_error(CITYSCAPES_HELP, tree,
                          "Cityscapes labels (gtFine/{train,val}/.../*_gtFine_labelIds.png)")
   result = {}
   for split, (images, labels) in found.items():
     pairs = _pair(f"cityscapes {split}", tree, images, labels, lambda key, image: image.name)
     if not pairs:
-      raise _missing_error("cityscapes", tree, f"Cityscapes {split} image/label pairs")
+      raise _missing_error(CITYSCAPES_HELP, tree, f"Cityscapes {split} image/label pairs")
     if len(pairs) != CITYSCAPES_SIZES[split]:
       logging.warning("cityscapes %s: found %d pairs, the full split has %d", split, len(pairs),
                       CITYSCAPES_SIZES[split])
     result[split] = pairs
   return result
-
-
-FINDERS = {"gtav": find_gtav, "synthia": find_synthia, "cityscapes": find_cityscapes}
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -376,13 +375,18 @@ def _decode_png16_first_channel(entry: Entry, data: bytes) -> np.ndarray:
   return decoded[..., 0]
 
 
-def load_train_ids(tree: FileTree, entry: Entry, dataset: str) -> np.ndarray:
-  """[H, W] uint8 train ids (255 = ignore) of a label file of `dataset`."""
+def load_cityscapes_train_ids(tree: FileTree, entry: Entry) -> np.ndarray:
+  """[H, W] uint8 train ids (255 = ignore) of a label file of Cityscapes label ids (GTAV,
+  Cityscapes)."""
   data = tree.read(entry)
-  if dataset == "synthia":
-    return labels_lib.to_train_ids(_decode_png16_first_channel(entry, data),
-                                   labels_lib.SYNTHIA_LOOKUP)
   raw = _decode_label_ids_pil(entry, data)
   if raw.ndim != 2:
     raise CorruptFileError(f"The label {entry} has shape {raw.shape}; expected [H, W] ids")
   return labels_lib.to_train_ids(raw, labels_lib.CITYSCAPES_LOOKUP)
+
+
+def load_synthia_train_ids(tree: FileTree, entry: Entry) -> np.ndarray:
+  """[H, W] uint8 train ids (255 = ignore) of a SYNTHIA label file (16-bit, first channel)."""
+  data = tree.read(entry)
+  return labels_lib.to_train_ids(_decode_png16_first_channel(entry, data),
+                                 labels_lib.SYNTHIA_LOOKUP)

@@ -13,6 +13,36 @@ restored from `iterator.get_state()` continues exactly where the saved one was. 
 inside each worker process (worker w gets every worker_count-th sample), so the grouping of
 samples into batches depends on `worker_count` (0 and 1 agree); keep it fixed across a resume.
 
+Label spaces: every loader takes an optional `label_map`, a [256] table from the split's
+stored ids to the run's label space (`ripu_jax.data.catalog.label_map`). It is applied right
+after decoding, at full resolution and before the labelled-mask step, so labels leave the
+pipeline already in the run's space (int32, 255 = ignore); mapping commutes with masking,
+nearest resizing and flipping because the table keeps 255 ignored. Without a table labels pass
+as stored. With a table the class-balanced sampler also counts classes in the run's space.
+
+Features: a split's examples may carry extra keys, declared as key -> role (`features`, by
+default the split's own `features` attribute, which `catalog.open_role` sets from the
+catalogue). Every loader carries them, each moved by its role (`FEATURE_ROLES`):
+
+  depth        float32 [H, W]  nearest resize, flipped with the image. Nearest, not bilinear:
+                               interpolating across an object's outline invents depths between
+                               foreground and background ("flying pixels") that project to
+                               empty space, and blends 0 (= invalid) into valid neighbours.
+  superpixels  int32 [H, W]    nearest resize (ids, not quantities), flipped.
+  pose         float32 [4, 4]  unchanged (a camera-to-world transform does not depend on the
+                               image grid).
+  intrinsics   float32 [3, 3]  rows scaled by the resize factors (fx, cx by the width factor,
+                               fy, cy by the height factor), and on a horizontal flip mirrored:
+                               cx -> W - 1 - cx and fx -> -fx, so K^-1 [u', v', 1] of a
+                               mirrored pixel u' = W - 1 - u is the ray of the original pixel
+                               and the pose still holds. Pixel centres at integer coordinates.
+
+Dense features and intrinsics live on the *label grid*: they are resized to the labels' output
+size (`label_size`, or the label's full resolution where labels stay full-size; in selection
+passes, the full label size), so a superpixel or a depth covers exactly the pixels of its label
+(the same nearest-neighbour grid as the labels). Intrinsics of a dataset describe its
+full-resolution label grid. A role the pipeline does not know fails when the loader is built.
+
 Active labels: the training loop owns the label ledger; `target_train_loader` only reads it
 through `labeled_masks[index]` -> bool [H, W] at the label's full resolution. With
 `worker_count=0` reads are live; with worker processes each worker holds a copy taken when the
@@ -22,15 +52,18 @@ iterator starts, so after a selection round continue with
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import zlib
-from typing import Any, Protocol, Sequence
+from collections.abc import Mapping
+from typing import Any, Callable, Protocol, Sequence
 
 from absl import flags
 import grain
 import numpy as np
 from PIL import Image
 
+from ripu_jax.data import catalog
 from ripu_jax.data import labels as labels_lib
 from ripu_jax.data import reader
 
@@ -78,6 +111,136 @@ def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   if label.shape[:2] == tuple(size):
     return label
   return np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
+
+
+def _nearest_indices(length: int, size: int) -> np.ndarray:
+  """Source index of each output position of PIL's nearest resize along one axis."""
+  positions = Image.fromarray(np.arange(length, dtype=np.int32)[None, :])
+  return np.asarray(positions.resize((size, 1), Image.NEAREST))[0]
+
+
+def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize of any [H, W, ...] array, on exactly `resize_label`'s grid (so
+  resized superpixels and depths stay aligned with resized labels), keeping its dtype."""
+  if array.shape[:2] == tuple(size):
+    return array
+  rows = _nearest_indices(array.shape[0], size[0])
+  cols = _nearest_indices(array.shape[1], size[1])
+  return array[rows[:, None], cols[None, :]]
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@dataclasses.dataclass(frozen=True)
+class _Role:
+  """How a feature moves: its output dtype, whether it is a dense [H, W] map on the label
+  grid, and its resize (value, from (h, w), to (h, w)) and flip (value, grid width)."""
+
+  dtype: Any
+  dense: bool
+  resize: Callable[[np.ndarray, tuple, tuple], np.ndarray]
+  flip: Callable[[np.ndarray, int], np.ndarray]
+  shape: tuple[int, ...] | None = None
+
+
+def _flip_columns(value: np.ndarray, width: int) -> np.ndarray:
+  del width
+  return value[:, ::-1]
+
+
+def _scale_intrinsics(value: np.ndarray, grid: tuple, size: tuple) -> np.ndarray:
+  scaled = np.array(value, np.float64)
+  scaled[0] *= size[1] / grid[1]
+  scaled[1] *= size[0] / grid[0]
+  return scaled
+
+
+def _mirror_intrinsics(value: np.ndarray, width: int) -> np.ndarray:
+  mirrored = np.array(value, np.float64)
+  mirrored[0, :2] = -mirrored[0, :2]  # fx (and skew) change sign: u' = W - 1 - u.
+  mirrored[0, 2] = (width - 1) - mirrored[0, 2]
+  return mirrored
+
+
+FEATURE_ROLES: Mapping[str, _Role] = {
+    "depth": _Role(np.float32, True, lambda v, grid, size: resize_nearest(v, size),
+                   _flip_columns),
+    "superpixels": _Role(np.int32, True, lambda v, grid, size: resize_nearest(v, size),
+                         _flip_columns),
+    "pose": _Role(np.float32, False, lambda v, grid, size: v, lambda v, width: v, (4, 4)),
+    "intrinsics": _Role(np.float32, False, _scale_intrinsics, _mirror_intrinsics, (3, 3)),
+}
+
+_RESERVED_KEYS = (*catalog.RESERVED_KEYS, "_grid")  # "_grid": the label grid, internal.
+
+
+def _check_features(split, features) -> dict[str, str]:
+  """key -> role from `features` (None: the split's `features` attribute); unknown roles and
+  reserved keys raise here, when the loader is built."""
+  if features is None:
+    features = getattr(split, "features", None) or {}
+  if isinstance(features, str):
+    features = (features,)
+  features = (dict(features) if isinstance(features, Mapping)
+              else {key: key for key in features})
+  for key, role in features.items():
+    if key in _RESERVED_KEYS:
+      raise ValueError(f"feature key {key!r} is reserved ({', '.join(_RESERVED_KEYS[:-1])}); "
+                       "rename the feature")
+    if role not in FEATURE_ROLES:
+      raise ValueError(f"feature {key!r} has role {role!r}, which the input pipeline does not "
+                       f"know; known roles: {', '.join(FEATURE_ROLES)}. Declare one of them in "
+                       "the dataset's features, or add the role to "
+                       "ripu_jax.data.pipeline.FEATURE_ROLES")
+  return features
+
+
+def _decode_feature(value, key: str, role: str, name) -> np.ndarray:
+  array = reader.decode_png(value) if isinstance(value, bytes) else np.asarray(value)
+  spec = FEATURE_ROLES[role]
+  if spec.dense and array.ndim != 2:
+    raise ValueError(f"example {name!r}: feature {key!r} ({role}) must be [H, W], got shape "
+                     f"{array.shape}")
+  if spec.shape is not None and array.shape != spec.shape:
+    raise ValueError(f"example {name!r}: feature {key!r} ({role}) must have shape "
+                     f"{spec.shape}, got {array.shape}")
+  return array
+
+
+def _check_label_map(label_map) -> np.ndarray | None:
+  """The table as read-only uint8 [256], or None."""
+  if label_map is None:
+    return None
+  table = np.asarray(label_map)
+  if table.shape != (256,) or table.dtype.kind not in "iu":
+    raise ValueError(f"label_map must be an integer table of 256 entries (stored id -> class "
+                     f"index), got {table.dtype} {table.shape}; use "
+                     "ripu_jax.data.catalog.label_map(dataset, space)")
+  if table.min() < 0 or table.max() > labels_lib.IGNORE_LABEL:
+    raise ValueError(f"label_map values must lie in [0, {labels_lib.IGNORE_LABEL}], got "
+                     f"[{table.min()}, {table.max()}]")
+  if table[labels_lib.IGNORE_LABEL] != labels_lib.IGNORE_LABEL:
+    raise ValueError(f"label_map must keep {labels_lib.IGNORE_LABEL} (ignore) ignored, got "
+                     f"label_map[{labels_lib.IGNORE_LABEL}] = {table[labels_lib.IGNORE_LABEL]}")
+  table = table.astype(np.uint8)
+  table.setflags(write=False)
+  return table
+
+
+def _presence_in_space(presence: np.ndarray, table: np.ndarray | None) -> np.ndarray:
+  """[N, C'] class presence in the run's space from [N, C] presence of stored ids."""
+  presence = np.asarray(presence, bool)
+  if table is None:
+    return presence
+  mapped = table[:presence.shape[1]]
+  kept = mapped != labels_lib.IGNORE_LABEL
+  if not kept.any():
+    return np.zeros((presence.shape[0], 1), bool)
+  out = np.zeros((presence.shape[0], int(mapped[kept].max()) + 1), bool)
+  for stored_id in np.flatnonzero(kept):
+    out[:, mapped[stored_id]] |= presence[:, stored_id]
+  return out
 
 
 def _check_size(size, what: str) -> tuple[int, int] | None:
@@ -156,33 +319,52 @@ class _PaddedRecords:
 
 
 class _DecodeResize(grain.transforms.Map):
-  """Decodes, applies active-label masks at full resolution, resizes."""
+  """Decodes, maps labels to the run's space, applies active-label masks at full resolution,
+  resizes image, label and features."""
 
   def __init__(self, image_size, label_size, *, with_label: bool = True,
-               labeled_masks: LabeledMasks | None = None, split=None):
+               labeled_masks: LabeledMasks | None = None, split=None,
+               label_map: np.ndarray | None = None, features: Mapping[str, str] | None = None,
+               with_label_size: bool = False):
     self._image_size = image_size
     self._label_size = label_size
     self._with_label = with_label
     self._labeled_masks = labeled_masks
     self._split = split
+    self._label_map = label_map
+    self._features = dict(features or {})
+    self._with_label_size = with_label_size
 
   def map(self, element: dict) -> dict:
     out = {key: element[key] for key in ("index", "valid") if key in element}
+    name = element.get("name")
     image = reader.decode_png(element["image"])
     if image.ndim != 3 or image.shape[-1] != 3:
-      raise ValueError(f"example {element.get('name')!r}: expected an RGB image, got shape "
-                       f"{image.shape}")
+      raise ValueError(f"example {name!r}: expected an RGB image, got shape {image.shape}")
     out["image"] = resize_image(image, self._image_size)
     if self._with_label:
       label = reader.decode_png(element["label"])
       if label.ndim == 3:
         label = label[..., 0]
+      if self._label_map is not None:
+        label = self._label_map[label]
       if self._labeled_masks is not None:
-        label = self._mask(label, int(element["index"]), element.get("name"))
+        label = self._mask(label, int(element["index"]), name)
+      grid = label.shape
       out["label"] = label if self._label_size is None else resize_label(label, self._label_size)
     else:
-      index = int(element["index"])
-      out["label_size"] = np.asarray(self._split.label_shape(index), np.int32)
+      grid = tuple(self._split.label_shape(int(element["index"])))
+    if not self._with_label or self._with_label_size:
+      out["label_size"] = np.asarray(grid, np.int32)
+    size = self._label_size if self._with_label and self._label_size is not None else grid
+    for key, role in self._features.items():
+      if key not in element:
+        raise KeyError(f"example {name!r} lacks the declared feature {key!r} ({role}); it has "
+                       f"{sorted(element)}")
+      value = _decode_feature(element[key], key, role, name)
+      out[key] = FEATURE_ROLES[role].resize(value, grid, tuple(size))
+    if self._features:
+      out["_grid"] = tuple(int(v) for v in size)
     return out
 
   def _mask(self, label: np.ndarray, index: int, name) -> np.ndarray:
@@ -196,7 +378,10 @@ class _DecodeResize(grain.transforms.Map):
 
 
 class _RandomFlip(grain.transforms.RandomMap):
-  """Horizontal flip of image and label with probability 1/2."""
+  """Horizontal flip of image, label and features (by role) with probability 1/2."""
+
+  def __init__(self, features: Mapping[str, str] | None = None):
+    self._features = dict(features or {})
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     if rng.random() < 0.5:
@@ -204,11 +389,16 @@ class _RandomFlip(grain.transforms.RandomMap):
       element["image"] = element["image"][:, ::-1]
       if "label" in element:
         element["label"] = element["label"][:, ::-1]
+      for key, role in self._features.items():
+        element[key] = FEATURE_ROLES[role].flip(element[key], element["_grid"][1])
     return element
 
 
 class _Finalize(grain.transforms.Map):
   """Normalises the image and fixes output dtypes."""
+
+  def __init__(self, features: Mapping[str, str] | None = None):
+    self._features = dict(features or {})
 
   def map(self, element: dict) -> dict:
     out = {"image": normalize_image(element["image"]), "index": np.int32(element["index"])}
@@ -218,6 +408,8 @@ class _Finalize(grain.transforms.Map):
       out["label_size"] = element["label_size"]
     if "valid" in element:
       out["valid"] = np.bool_(element["valid"])
+    for key, role in self._features.items():
+      out[key] = np.ascontiguousarray(element[key], FEATURE_ROLES[role].dtype)
     return out
 
 
@@ -343,12 +535,13 @@ def _loader(source, sampler, operations, *, worker_count: int, worker_buffer_siz
 
 
 def _training_operations(image_size, label_size, flip: bool, batch_size: int,
-                         labeled_masks=None) -> list:
-  operations = [_DecodeResize(image_size, label_size or image_size, labeled_masks=labeled_masks)]
+                         labeled_masks=None, label_map=None, features=None) -> list:
+  operations = [_DecodeResize(image_size, label_size or image_size, labeled_masks=labeled_masks,
+                              label_map=label_map, features=features)]
   if flip:
-    operations.append(_RandomFlip())
-  operations += [_Finalize(), grain.transforms.Batch(batch_size, drop_remainder=True,
-                                                     batch_fn=_batch_examples)]
+    operations.append(_RandomFlip(features))
+  operations += [_Finalize(features), grain.transforms.Batch(batch_size, drop_remainder=True,
+                                                             batch_fn=_batch_examples)]
   return operations
 
 
@@ -357,8 +550,11 @@ def source_train_loader(split, *, batch_size: int, image_size: tuple[int, int],
                         sampling: str = "class_balanced", flip: bool = True, seed: int = 0,
                         worker_count: int = 0, worker_buffer_size: int = 2,
                         shard_options: grain.sharding.ShardOptions | None = None,
-                        sub_epoch_size: int = DEFAULT_SUB_EPOCH_SIZE) -> grain.DataLoader:
-  """Endless batches {"image", "label", "index"} of the labelled source domain.
+                        sub_epoch_size: int = DEFAULT_SUB_EPOCH_SIZE,
+                        label_map: np.ndarray | None = None,
+                        features: Mapping[str, str] | Sequence[str] | None = None
+                        ) -> grain.DataLoader:
+  """Endless batches {"image", "label", "index", <features>} of the labelled source domain.
 
   Args:
     split: source split (needs `class_presence` for class-balanced sampling).
@@ -372,19 +568,25 @@ def source_train_loader(split, *, batch_size: int, image_size: tuple[int, int],
     worker_buffer_size: batches each worker prepares ahead.
     shard_options: grain sharding across processes (default: none).
     sub_epoch_size: class-balanced sub-epoch length (draws).
+    label_map: [256] table, stored id -> the run's class index (`catalog.label_map`); None
+      keeps stored ids. Class-balanced sampling then counts classes of the run's space.
+    features: extra example keys to carry, key -> role (None: `split.features`, if any).
   """
   image_size = _check_size(image_size, "image_size")
   label_size = _check_size(label_size, "label_size")
+  label_map = _check_label_map(label_map)
+  features = _check_features(split, features)
   if sampling == "class_balanced":
-    sampler = ClassBalancedSampler(split.class_presence, seed=seed,
-                                   sub_epoch_size=sub_epoch_size)
+    sampler = ClassBalancedSampler(_presence_in_space(split.class_presence, label_map),
+                                   seed=seed, sub_epoch_size=sub_epoch_size)
   elif sampling == "uniform":
     sampler = grain.samplers.IndexSampler(len(split), shuffle=True, seed=seed, num_epochs=None)
   else:
     raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
   _check_batch_size(batch_size, 1)
   return _loader(_IndexedRecords(split), sampler,
-                 _training_operations(image_size, label_size, flip, batch_size),
+                 _training_operations(image_size, label_size, flip, batch_size,
+                                      label_map=label_map, features=features),
                  worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                  shard_options=shard_options, batch_size=batch_size)
 
@@ -393,39 +595,45 @@ def target_train_loader(split, labeled_masks: LabeledMasks, *, batch_size: int,
                         image_size: tuple[int, int], label_size: tuple[int, int] | None = None,
                         flip: bool = True, seed: int = 0, worker_count: int = 0,
                         worker_buffer_size: int = 2,
-                        shard_options: grain.sharding.ShardOptions | None = None
+                        shard_options: grain.sharding.ShardOptions | None = None,
+                        label_map: np.ndarray | None = None,
+                        features: Mapping[str, str] | Sequence[str] | None = None
                         ) -> grain.DataLoader:
-  """Endless shuffled batches {"image", "label", "index"} of the target pool.
+  """Endless shuffled batches {"image", "label", "index", <features>} of the target pool.
 
   Labels keep the ground truth only where `labeled_masks[index]` is True (255 elsewhere); the
-  mask is applied at full label resolution, before resizing. Images without labelled pixels
-  still come (the unsupervised target losses use them).
+  mask is applied at full label resolution, after `label_map` and before resizing. Images
+  without labelled pixels still come (the unsupervised target losses use them).
 
   Args:
     split: target training split.
     labeled_masks: `labeled_masks[i]` -> bool [H, W] at split[i]'s label size; read only.
     batch_size, image_size, label_size, flip, seed, worker_count, worker_buffer_size,
-    shard_options: as in `source_train_loader`.
+    shard_options, label_map, features: as in `source_train_loader`.
   """
   if len(labeled_masks) != len(split):
     raise ValueError(f"labeled_masks has {len(labeled_masks)} entries but the split has "
                      f"{len(split)} images")
   image_size = _check_size(image_size, "image_size")
   label_size = _check_size(label_size, "label_size")
+  label_map = _check_label_map(label_map)
+  features = _check_features(split, features)
   _check_batch_size(batch_size, 1)
   sampler = grain.samplers.IndexSampler(len(split), shuffle=True, seed=seed, num_epochs=None)
   return _loader(_IndexedRecords(split), sampler,
-                 _training_operations(image_size, label_size, flip, batch_size, labeled_masks),
+                 _training_operations(image_size, label_size, flip, batch_size, labeled_masks,
+                                      label_map=label_map, features=features),
                  worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                  shard_options=shard_options, batch_size=batch_size)
 
 
 def _padded_pass(split, operations, *, batch_size: int, num_devices: int | None,
-                 worker_count: int, worker_buffer_size: int, shard_options) -> grain.DataLoader:
+                 worker_count: int, worker_buffer_size: int, shard_options,
+                 features) -> grain.DataLoader:
   _check_batch_size(batch_size, num_devices)
   padded = _padded_length(len(split), batch_size, shard_options, worker_count)
   sampler = grain.samplers.IndexSampler(padded, shuffle=False, num_epochs=1)
-  operations = list(operations) + [_Finalize(), grain.transforms.Batch(
+  operations = list(operations) + [_Finalize(features), grain.transforms.Batch(
       batch_size, drop_remainder=False, batch_fn=_batch_examples)]
   return _loader(_PaddedRecords(split, padded), sampler, operations, worker_count=worker_count,
                  worker_buffer_size=worker_buffer_size, shard_options=shard_options,
@@ -435,46 +643,61 @@ def _padded_pass(split, operations, *, batch_size: int, num_devices: int | None,
 def selection_loader(split, *, batch_size: int, image_size: tuple[int, int],
                      num_devices: int | None = None, worker_count: int = 0,
                      worker_buffer_size: int = 2,
-                     shard_options: grain.sharding.ShardOptions | None = None
+                     shard_options: grain.sharding.ShardOptions | None = None,
+                     with_labels: bool = False, label_map: np.ndarray | None = None,
+                     features: Mapping[str, str] | Sequence[str] | None = None
                      ) -> grain.DataLoader:
   """One ordered pass over the target pool for a selection round.
 
   Batches {"image": [B, H, W, 3], "index": [B], "label_size": [B, 2] (full-resolution label
-  height, width), "valid": [B]}: scores are computed at label resolution from the logits of
-  the resized image; the last batch is padded (valid=False) so all batches are full.
-  `num_devices` is as in `eval_loader`.
+  height, width), "valid": [B], <features at full label resolution>}: scores are computed at
+  label resolution from the logits of the resized image; the last batch is padded
+  (valid=False) so all batches are full. `num_devices` is as in `eval_loader`.
+
+  Args:
+    with_labels: also return "label" [B, h, w] int32 at full resolution (ground truth, e.g.
+      for strategies that skip ignored pixels); images of a batch must then share a size.
+    label_map, features: as in `source_train_loader`.
   """
   image_size = _check_size(image_size, "image_size")
   if not hasattr(split, "label_shape"):
     raise TypeError(f"{split!r} has no label_shape(index); use open_split or SyntheticSplit")
-  operations = [_DecodeResize(image_size, None, with_label=False, split=split)]
+  label_map = _check_label_map(label_map)
+  features = _check_features(split, features)
+  operations = [_DecodeResize(image_size, None, with_label=with_labels, split=split,
+                              label_map=label_map, features=features, with_label_size=True)]
   return _padded_pass(split, operations, batch_size=batch_size, num_devices=num_devices,
                       worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-                      shard_options=shard_options)
+                      shard_options=shard_options, features=features)
 
 
 def eval_loader(split, *, batch_size: int, image_size: tuple[int, int],
                 label_size: tuple[int, int] | None = None, num_devices: int | None = None,
                 worker_count: int = 0, worker_buffer_size: int = 2,
-                shard_options: grain.sharding.ShardOptions | None = None) -> grain.DataLoader:
+                shard_options: grain.sharding.ShardOptions | None = None,
+                label_map: np.ndarray | None = None,
+                features: Mapping[str, str] | Sequence[str] | None = None) -> grain.DataLoader:
   """One ordered, padded pass for evaluation.
 
-  Batches {"image": [B, H, W, 3], "label": [B, h, w] int32, "index": [B], "valid": [B]}.
-  Labels stay at full resolution unless `label_size` is given (logits are upsampled to them).
-  The number of examples is padded up to a multiple of batch_size x shard count, so every
-  device and process runs the same number of full batches; padded examples repeat the last
-  one with valid=False and must be excluded from the metrics.
+  Batches {"image": [B, H, W, 3], "label": [B, h, w] int32, "index": [B], "valid": [B],
+  <features>}. Labels stay at full resolution unless `label_size` is given (logits are
+  upsampled to them). The number of examples is padded up to a multiple of batch_size x shard
+  count, so every device and process runs the same number of full batches; padded examples
+  repeat the last one with valid=False and must be excluded from the metrics.
 
   Args:
     num_devices: devices sharing each batch; batch_size must be divisible by it
       (None: jax.local_device_count()).
+    label_map, features: as in `source_train_loader`.
   """
   image_size = _check_size(image_size, "image_size")
   label_size = _check_size(label_size, "label_size")
-  operations = [_DecodeResize(image_size, label_size)]
+  label_map = _check_label_map(label_map)
+  features = _check_features(split, features)
+  operations = [_DecodeResize(image_size, label_size, label_map=label_map, features=features)]
   return _padded_pass(split, operations, batch_size=batch_size, num_devices=num_devices,
                       worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-                      shard_options=shard_options)
+                      shard_options=shard_options, features=features)
 
 
 def _padded_length(num_examples: int, batch_size: int, shard_options, worker_count: int) -> int:

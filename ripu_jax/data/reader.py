@@ -3,80 +3,63 @@
 Prepared datasets are TFDS ArrayRecord folders read through `tfds` data sources; images and
 labels stay PNG-encoded on disk and are decoded here with PIL, so reading needs neither
 TensorFlow nor OpenCV. Each split also carries, from preparation time, which classes every
-image contains (for class-balanced sampling) and each label's size.
+image contains (for class-balanced sampling) and each label's size. Which datasets exist, their
+splits and generator parameters come from the catalogue (`ripu_jax.data.catalog`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import os
 import shlex
+import types
 
 import numpy as np
 from PIL import Image
 
+from ripu_jax.data import catalog
 from ripu_jax.data import labels as labels_lib
-from ripu_jax.data import synthetic as synthetic_lib
 
 VERSION = "1.0.0"
-DATASETS = ("gtav", "synthia", "cityscapes", "synthetic")
-SPLITS = {
-    "gtav": ("train",),
-    "synthia": ("train",),
-    "cityscapes": ("train", "val"),
-    "synthetic": synthetic_lib.SPLITS,
-}
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-  """The requested dataset has not been prepared in the given data dir."""
+DatasetNotPreparedError = catalog.DatasetNotPreparedError
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
   return os.path.abspath(os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR)))
 
 
-def check_name(name: str) -> None:
-  if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+def check_name(name: str) -> catalog.DatasetSpec:
+  """The catalogue's spec of `name`; unknown names raise ValueError listing the known ones."""
+  return catalog.get(name)
 
 
-def synthetic_config(config: synthetic_lib.SyntheticConfig | None) -> synthetic_lib.SyntheticConfig:
-  if config is None:
-    return synthetic_lib.SyntheticConfig()
-  if not isinstance(config, synthetic_lib.SyntheticConfig):
-    raise TypeError(f"config must be a SyntheticConfig, got {type(config).__name__}")
-  return config
-
-
-def dataset_dir(name: str, data_dir: str | os.PathLike | None = None,
-                config: synthetic_lib.SyntheticConfig | None = None) -> str:
-  """Folder of a prepared dataset: <data_dir>/<name>[/<synthetic config>]/<version>."""
-  check_name(name)
+def dataset_dir(name: str, data_dir: str | os.PathLike | None = None, config=None) -> str:
+  """Folder of a prepared dataset: <data_dir>/<name>[/<config name>]/<version>; datasets
+  with generator parameters (synthetic) keep one folder per parameter set."""
+  spec = check_name(name)
   root = resolve_data_dir(data_dir)
-  if name == "synthetic":
-    return os.path.join(root, name, synthetic_config(config).name, VERSION)
+  config = spec.check_config(config)
   if config is not None:
-    raise ValueError(f"config applies only to the synthetic dataset, not {name!r}")
+    return os.path.join(root, name, config.name, VERSION)
   return os.path.join(root, name, VERSION)
 
 
-def prepare_command(name: str, data_dir: str | os.PathLike | None,
-                    config: synthetic_lib.SyntheticConfig | None = None) -> str:
+def prepare_command(name: str, data_dir: str | os.PathLike | None, config=None) -> str:
   """The shell command that prepares `name` into `data_dir`."""
+  spec = check_name(name)
   parts = ["python", "-m", "ripu_jax.data.prepare", "--dataset", name]
-  if name != "synthetic":
+  if not spec.generated:
     parts += ["--manual_dir", "/path/to/downloaded/" + name]
   parts += ["--data_dir", resolve_data_dir(data_dir)]
-  if name == "synthetic":
-    config = synthetic_config(config)
-    defaults = synthetic_lib.SyntheticConfig()
-    for field in ("seed", "height", "width", "num_source_train", "num_target_train",
-                  "num_target_val", "domain_shift"):
-      if getattr(config, field) != getattr(defaults, field):
-        parts += [f"--{field}", str(getattr(config, field))]
+  config = spec.check_config(config)
+  if config is not None:
+    defaults = spec.config_type()
+    for field in dataclasses.fields(config):
+      if getattr(config, field.name) != getattr(defaults, field.name):
+        parts += [f"--{field.name}", str(getattr(config, field.name))]
   return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -89,25 +72,27 @@ def decode_png(data: bytes | np.ndarray) -> np.ndarray:
 
 
 def decode_record(record: dict) -> dict:
-  """Decodes an encoded record of `PreparedSplit.encoded` into an example."""
-  image = decode_png(record["image"])
+  """Decodes an encoded record of `PreparedSplit.encoded` into an example (extra features
+  pass through as stored)."""
   label = decode_png(record["label"])
   if label.ndim == 3:
     label = label[..., 0]
-  return {"image": image, "label": label, "name": record["name"]}
+  return {**record, "image": decode_png(record["image"]), "label": label}
 
 
 class PreparedSplit:
   """One split of a prepared dataset: a sequence of examples.
 
-  `split[i]` is {"image": uint8 [H, W, 3], "label": uint8 [H, W] train ids (255 = ignore),
-  "name": str}. `encoded(i)` returns the same with PNG bytes, for pipelines that decode in
-  worker processes. `class_index[c]` lists the images containing train id c.
+  `split[i]` is {"image": uint8 [H, W, 3], "label": uint8 [H, W] stored ids (255 = ignore),
+  "name": str} plus the dataset's declared features (`features`: key -> role). `encoded(i)`
+  returns the same with image and label as PNG bytes, for pipelines that decode in worker
+  processes. `class_index[c]` lists the images containing stored id c.
   """
 
   def __init__(self, name: str, split: str, directory: str):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     self.dataset_name = name
+    self.features = types.MappingProxyType(dict(catalog.get(name).features))
     self.split = split
     self.directory = directory
     builder = tfds.builder_from_directory(directory)
@@ -143,11 +128,11 @@ class PreparedSplit:
     return index
 
   def encoded(self, index: int) -> dict:
-    """{"image": PNG bytes, "label": PNG bytes, "name": str}."""
-    record = self._source[self._check_index(index)]
+    """{"image": PNG bytes, "label": PNG bytes, "name": str, <features>}."""
+    record = dict(self._source[self._check_index(index)])
     name = record["name"]
-    return {"image": record["image"], "label": record["label"],
-            "name": name.decode("utf-8") if isinstance(name, bytes) else str(name)}
+    record["name"] = name.decode("utf-8") if isinstance(name, bytes) else str(name)
+    return record
 
   def __getitem__(self, index: int) -> dict:
     return decode_record(self.encoded(index))
@@ -187,17 +172,19 @@ class PreparedSplit:
 
 
 def open_split(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
-               config: synthetic_lib.SyntheticConfig | None = None) -> PreparedSplit:
-  """Opens a prepared split for random access.
+               config=None) -> PreparedSplit:
+  """Opens a prepared split for random access (to open a split by role, and generated data
+  without preparing it, use `catalog.open_role`).
 
   Args:
-    name: "gtav", "synthia", "cityscapes" or "synthetic".
-    split: "train" (gtav, synthia), "train"/"val" (cityscapes), or "source_train",
-      "target_train", "target_val" (synthetic).
+    name: a dataset of the catalogue with a TFDS builder: "gtav", "synthia", "cityscapes",
+      "synthetic", or one a plug-in registered.
+    split: one of the dataset's splits: "train" (gtav, synthia), "train"/"val"
+      (cityscapes), or "source_train", "target_train", "target_val" (synthetic).
     data_dir: the --data_dir given to `python -m ripu_jax.data.prepare`
       (default ~/tensorflow_datasets).
-    config: synthetic only: the generator parameters it was prepared with (default config
-      if None).
+    config: generated datasets only (synthetic: a SyntheticConfig): the generator parameters
+      it was prepared with (default parameters if None).
 
   Returns:
     A `PreparedSplit`.
@@ -205,14 +192,17 @@ def open_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
   Raises:
     DatasetNotPreparedError: with the command that prepares the dataset.
   """
-  check_name(name)
-  if split not in SPLITS[name]:
-    raise ValueError(f"{name} has no split {split!r}; choose one of {SPLITS[name]}")
+  spec = check_name(name)
+  if split not in spec.splits:
+    raise ValueError(f"{name} has no split {split!r}; choose one of {spec.splits}")
+  if spec.builder is None:
+    raise ValueError(f"{name} is not a prepared dataset (it has no TFDS builder); open it with "
+                     f"ripu_jax.data.catalog.open_role({name!r}, role)")
   directory = dataset_dir(name, data_dir, config)
   if not os.path.isfile(os.path.join(directory, "dataset_info.json")):
     command = prepare_command(name, data_dir, config)
-    if name == "synthetic":
-      how = ("The synthetic benchmark needs no download; generate it (seconds) with:\n"
+    if spec.generated:
+      how = (f"The {name} dataset needs no download; generate it with:\n"
              f"  {command}")
     else:
       how = (f"Download {name} by hand (the command prints where from and the expected folder "

@@ -13,6 +13,8 @@ different object sizes and frequencies (more persons and poles, smaller cars). T
 shifts are class-conditional, so a source-trained model maps target classes to wrong ones;
 this is what makes adaptation with a few target labels necessary.
 
+Runs with the synthetic source train in `LABEL_SPACE` (19 outputs, 12 classes kept and evaluated).
+
 Every example is a pure function of (config.seed, split, index): generation is random-access,
 parallel-friendly and reproducible byte for byte.
 """
@@ -38,6 +40,11 @@ ROAD, SIDEWALK, BUILDING, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY, PERSON, C
 # Train ids that occur in the synthetic benchmark (evaluate mIoU over these).
 SYNTHETIC_CLASSES = (ROAD, SIDEWALK, BUILDING, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY,
                      PERSON, CAR, BICYCLE)
+
+# The benchmark's label space: a 19-output network over the Cityscapes train ids whose labels
+# keep, and whose mIoU averages, only the classes the generator paints (the others never occur).
+LABEL_SPACE = labels_lib.LabelSpace("synthetic", labels_lib.CLASS_NAMES, labels_lib.PALETTE,
+                                    {"miou": SYNTHETIC_CLASSES}, kept=SYNTHETIC_CLASSES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,10 @@ Configs pick a network by string:
 
   model = build_model("deeplabv2", num_classes=19, rngs=nnx.Rngs(0),
                       pretrained="weights/resnet101.npz")
+
+Every built-in network is a `Segmentor` (backbone + head + optional auxiliary heads):
+`model(images)` gives float32 logits, `model(images, outputs=("logits", "aux/0",
+"features"))` named outputs. A method's own network registers with `register_model`.
 """
 
 from __future__ import annotations
@@ -14,28 +18,28 @@ from typing import Any
 
 from flax import nnx
 
-from ripu_jax.models.deeplab import ASPPV2, DeepLabV2, DeepLabV3Plus, DeepLabV3PlusHead, upsample
+# `upsample` is the former name of `upsample_logits`, the very same function.
+from ripu_jax.image_ops import upsample_logits
+from ripu_jax.image_ops import upsample_logits as upsample
+from ripu_jax.models.deeplab import ASPPV2, DeepLabV2, DeepLabV3Plus, DeepLabV3PlusHead
 from ripu_jax.models.layers import BATCH_NORM_EPS, Conv, FrozenBatchNorm, FrozenStat
 from ripu_jax.models.resnet import (
+    BasicBlock,
+    Bottleneck,
     ResNet,
     load_torchvision_npz,
     load_torchvision_weights,
     resnet_from_torchvision,
 )
+from ripu_jax.models.segmentor import Segmentor
+from ripu_jax.registry import Registry
 
-_REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
+MODELS: Registry[Callable[..., nnx.Module]] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nnx.Module]], Callable[..., nnx.Module]]:
   """Decorator adding a constructor `(num_classes, *, rngs, **kwargs) -> Module` by name."""
-
-  def decorator(constructor: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
-    if name in _REGISTRY:
-      raise ValueError(f"a model named {name!r} is already registered")
-    _REGISTRY[name] = constructor
-    return constructor
-
-  return decorator
+  return MODELS.register(name)
 
 
 register_model("deeplabv2")(DeepLabV2)
@@ -44,7 +48,7 @@ register_model("deeplabv3plus")(DeepLabV3Plus)
 
 def model_names() -> tuple[str, ...]:
   """Names `build_model` accepts."""
-  return tuple(sorted(_REGISTRY))
+  return tuple(MODELS.names())
 
 
 def build_model(
@@ -64,14 +68,13 @@ def build_model(
     pretrained: path to an .npz of torchvision ResNet weights (see
       scripts/convert_torchvision_resnet.py), loaded into `model.backbone`; None keeps
       the random initialisation.
-    **kwargs: forwarded to the constructor (depth, blocks, width_multiplier, dtype, ...).
+    **kwargs: forwarded to the constructor (depth, blocks, width_multiplier, aux_heads,
+      bn_epsilon, dtype, ...).
 
   Returns:
     The module.
   """
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown model {name!r}; expected one of {model_names()}")
-  model = _REGISTRY[name](num_classes, rngs=rngs, **kwargs)
+  model = MODELS.get(name)(num_classes, rngs=rngs, **kwargs)
   if pretrained:
     load_torchvision_weights(model.backbone, load_torchvision_npz(pretrained))
   return model
@@ -80,6 +83,8 @@ def build_model(
 __all__ = [
     "ASPPV2",
     "BATCH_NORM_EPS",
+    "BasicBlock",
+    "Bottleneck",
     "Conv",
     "DeepLabV2",
     "DeepLabV3Plus",
@@ -87,6 +92,7 @@ __all__ = [
     "FrozenBatchNorm",
     "FrozenStat",
     "ResNet",
+    "Segmentor",
     "build_model",
     "load_torchvision_npz",
     "load_torchvision_weights",
@@ -94,4 +100,5 @@ __all__ = [
     "register_model",
     "resnet_from_torchvision",
     "upsample",
+    "upsample_logits",
 ]

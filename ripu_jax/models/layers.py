@@ -45,6 +45,17 @@ def canonical_dtype(dtype: Any) -> jnp.dtype:
   return resolved
 
 
+def check_bn_epsilon(eps: float) -> float:
+  """Accepts a finite batch-norm epsilon >= 0 (0 is the RIPU release's frozen batch norm)."""
+  try:
+    value = float(eps)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"bn_epsilon must be a number >= 0, got {eps!r}") from error
+  if not np.isfinite(value) or value < 0:
+    raise ValueError(f"bn_epsilon must be finite and >= 0, got {eps!r}")
+  return value
+
+
 def _standard_normal(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
   """N(0, 1) samples; drawn on the host when `key` is concrete.
 
@@ -281,8 +292,11 @@ class Conv(nnx.Module):
 class FrozenBatchNorm(nnx.Module):
   """Inference-mode batch norm whose statistics and affine terms never change.
 
-  Defaults (mean 0, variance 1, weight 1, bias 0) make it a near-identity, a scale of
-  1 / sqrt(1 + eps); loading pretrained values gives the ImageNet normalisation.
+  Computes `(x - running_mean) * weight / sqrt(running_var + eps) + bias`. Defaults (mean 0,
+  variance 1, weight 1, bias 0) make it a near-identity, a scale of 1 / sqrt(1 + eps);
+  loading pretrained values gives the ImageNet normalisation. `eps` defaults to torchvision's
+  1e-5; the RIPU release's frozen batch norm adds none (`weight / sqrt(running_var)`), which
+  `eps=0.0` reproduces.
   """
 
   def __init__(
@@ -294,7 +308,7 @@ class FrozenBatchNorm(nnx.Module):
       dtype: Any = jnp.float32,
       param_dtype: Any = jnp.float32,
   ):
-    self.eps = eps
+    self.eps = check_bn_epsilon(eps)
     self.dtype = canonical_dtype(dtype)
     # Host-built constants: no per-shape XLA compilation while building a model.
     ones = np.ones((num_features,), np.float32)

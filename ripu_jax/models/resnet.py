@@ -1,7 +1,12 @@
-"""Bottleneck ResNet in torchvision's layout, dilated to output stride 8.
+"""ResNet in torchvision's layout (basic or bottleneck blocks), dilated for segmentation.
 
 Variable names mirror torchvision's state-dict keys (`layer3.4.conv2.weight` lives at
-`model.layer3[4].conv2.kernel`) so ImageNet weights load by a mechanical renaming.
+`model.layer3[4].conv2.kernel`) so ImageNet weights load by a mechanical renaming. Depths 18
+and 34 use torchvision's BasicBlock, 50/101/152 its Bottleneck. The output stride is set per
+stage: a stage's stride-2 is kept, traded for dilation (torchvision's
+`replace_stride_with_dilation`; DeepLab's default, output stride 8) or dropped without
+dilation (`drop_stride`; ELN's ResNet-34 at output stride 16). `multi_grid` scales layer4's
+per-block dilations as in DeepLab-v3 (ELN's output-stride-16 segmentation backbone).
 """
 
 from __future__ import annotations
@@ -15,14 +20,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ripu_jax.models.layers import Conv, FrozenBatchNorm, canonical_dtype, max_pool_3x3_stride2
+from ripu_jax.models.layers import (
+    BATCH_NORM_EPS,
+    Conv,
+    FrozenBatchNorm,
+    canonical_dtype,
+    check_bn_epsilon,
+    max_pool_3x3_stride2,
+)
 
-STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-EXPANSION = 4
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                152: (3, 8, 36, 3)}
+BASIC_DEPTHS = (18, 34)  # torchvision builds these from BasicBlock, the others from Bottleneck.
+EXPANSION = 4  # Bottleneck's output channels per plane.
 
 
 class Bottleneck(nnx.Module):
   """torchvision's Bottleneck (stride on the 3x3 conv, "ResNet v1.5")."""
+
+  expansion = EXPANSION
+  parts = ("1", "2", "3")  # conv{i} / bn{i} pairs, in torchvision's key order.
 
   def __init__(
       self,
@@ -33,20 +50,22 @@ class Bottleneck(nnx.Module):
       dilation: int,
       downsample: bool,
       residual_gamma: float,
+      bn_epsilon: float = BATCH_NORM_EPS,
       dtype: Any,
       rngs: nnx.Rngs,
   ):
     out_features = planes * EXPANSION
+    eps = bn_epsilon
     self.conv1 = Conv(in_features, planes, 1, dtype=dtype, rngs=rngs)
-    self.bn1 = FrozenBatchNorm(planes, dtype=dtype)
+    self.bn1 = FrozenBatchNorm(planes, eps=eps, dtype=dtype)
     self.conv2 = Conv(planes, planes, 3, stride=stride, dilation=dilation, dtype=dtype, rngs=rngs)
-    self.bn2 = FrozenBatchNorm(planes, dtype=dtype)
+    self.bn2 = FrozenBatchNorm(planes, eps=eps, dtype=dtype)
     self.conv3 = Conv(planes, out_features, 1, dtype=dtype, rngs=rngs)
-    self.bn3 = FrozenBatchNorm(out_features, weight_init=residual_gamma, dtype=dtype)
+    self.bn3 = FrozenBatchNorm(out_features, weight_init=residual_gamma, eps=eps, dtype=dtype)
     if downsample:
       self.downsample_conv = Conv(
           in_features, out_features, 1, stride=stride, dtype=dtype, rngs=rngs)
-      self.downsample_bn = FrozenBatchNorm(out_features, dtype=dtype)
+      self.downsample_bn = FrozenBatchNorm(out_features, eps=eps, dtype=dtype)
     else:
       self.downsample_conv = None
       self.downsample_bn = None
@@ -60,16 +79,69 @@ class Bottleneck(nnx.Module):
     return jax.nn.relu(y + x)
 
 
+class BasicBlock(nnx.Module):
+  """torchvision's BasicBlock: two 3x3 convs (stride on the first), expansion 1.
+
+  torchvision rejects dilation > 1 here; this one applies the block's dilation to both
+  3x3 convs, so a basic-block ResNet can also be dilated.
+  """
+
+  expansion = 1
+  parts = ("1", "2")
+
+  def __init__(
+      self,
+      in_features: int,
+      planes: int,
+      *,
+      stride: int,
+      dilation: int,
+      downsample: bool,
+      residual_gamma: float,
+      bn_epsilon: float = BATCH_NORM_EPS,
+      dtype: Any,
+      rngs: nnx.Rngs,
+  ):
+    eps = bn_epsilon
+    self.conv1 = Conv(in_features, planes, 3, stride=stride, dilation=dilation, dtype=dtype,
+                      rngs=rngs)
+    self.bn1 = FrozenBatchNorm(planes, eps=eps, dtype=dtype)
+    self.conv2 = Conv(planes, planes, 3, dilation=dilation, dtype=dtype, rngs=rngs)
+    self.bn2 = FrozenBatchNorm(planes, weight_init=residual_gamma, eps=eps, dtype=dtype)
+    if downsample:
+      self.downsample_conv = Conv(in_features, planes, 1, stride=stride, dtype=dtype, rngs=rngs)
+      self.downsample_bn = FrozenBatchNorm(planes, eps=eps, dtype=dtype)
+    else:
+      self.downsample_conv = None
+      self.downsample_bn = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jax.nn.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    if self.downsample_conv is not None:
+      x = self.downsample_bn(self.downsample_conv(x))
+    return jax.nn.relu(y + x)
+
+
 def _scaled(channels: int, width_multiplier: float) -> int:
   return max(1, int(round(channels * width_multiplier)))
 
 
+def _three_flags(name: str, flags: Sequence[bool]) -> tuple[bool, bool, bool]:
+  flags = tuple(bool(flag) for flag in flags)
+  if len(flags) != 3:
+    raise ValueError(f"{name} must have 3 entries (stages 2-4), got {flags}")
+  return flags
+
+
 class ResNet(nnx.Module):
-  """Bottleneck ResNet feature extractor with frozen batch norm.
+  """ResNet feature extractor with frozen batch norm.
 
   Attributes:
-    low_features: channels of layer1's output (256 at full width).
-    out_features: channels of layer4's output (2048 at full width).
+    in_channels: channels of the input images (3 for RGB).
+    low_features: channels of layer1's output (256 at full width; 64 for depth 18/34).
+    out_features: channels of layer4's output (2048 at full width; 512 for depth 18/34).
+    output_stride: input size / layer4 size (8 by default).
   """
 
   def __init__(
@@ -79,22 +151,37 @@ class ResNet(nnx.Module):
       blocks: Sequence[int] | None = None,
       width_multiplier: float = 1.0,
       replace_stride_with_dilation: Sequence[bool] = (False, True, True),
+      drop_stride: Sequence[bool] = (False, False, False),
+      multi_grid: Sequence[int] | None = None,
+      in_channels: int = 3,
       residual_gamma: float = 0.2,
+      bn_epsilon: float = BATCH_NORM_EPS,
       dtype: Any = jnp.float32,
       rngs: nnx.Rngs,
   ):
     """Builds the network with random weights (load ImageNet ones for real training).
 
     Args:
-      depth: 50, 101 or 152; selects torchvision's block counts unless `blocks` is set.
-      blocks: four per-stage block counts, overriding `depth` (tiny test models).
+      depth: 18, 34 (basic blocks), 50, 101 or 152 (bottlenecks); selects torchvision's
+        block type, and its block counts unless `blocks` is set.
+      blocks: four per-stage block counts, overriding `depth`'s (tiny test models).
       width_multiplier: scales every channel count (1.0 = torchvision's widths).
       replace_stride_with_dilation: per stage 2-4, trade the stride-2 for dilation
         (torchvision semantics: the first block of a dilated stage keeps the previous
         dilation). The default gives output stride 8.
+      drop_stride: per stage 2-4, run the stage at stride 1 without dilation (ELN's
+        ResNet-34 at output stride 16). A stage cannot both drop and replace its stride.
+      multi_grid: DeepLab-v3's multi-grid: layer4's block i gets dilation
+        `d * multi_grid[i]`, d being layer4's dilation, its first block included (so
+        `replace_stride_with_dilation=(False, False, True), multi_grid=(1, 2, 4)` gives
+        output stride 16 with dilations 2, 4, 8, as ELN's segmentation backbone). One entry
+        per layer4 block; None keeps the torchvision rule above.
+      in_channels: channels of the input (3 for RGB; ELN's network takes 4 + classes).
       residual_gamma: initial weight of each block's last batch norm. With frozen
         default statistics a He-initialised deep ResNet blows up at gamma 1; a small
         gamma keeps random-init activations finite. Pretrained weights replace it.
+      bn_epsilon: epsilon of every frozen batch norm (torchvision's 1e-5; the RIPU release
+        uses 0).
       dtype: compute dtype (float32 or bfloat16); parameters stay float32.
       rngs: random streams; `params` initialises the convolutions.
     """
@@ -102,22 +189,40 @@ class ResNet(nnx.Module):
       if depth not in STAGE_BLOCKS:
         raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
       blocks = STAGE_BLOCKS[depth]
+    elif depth not in STAGE_BLOCKS:
+      raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)} (it selects the block "
+                       f"type even when blocks is set), got {depth}")
     blocks = tuple(int(b) for b in blocks)
     if len(blocks) != 4 or min(blocks) < 1:
       raise ValueError(f"blocks must be four positive counts, got {blocks}")
-    replace = tuple(bool(r) for r in replace_stride_with_dilation)
-    if len(replace) != 3:
+    replace = _three_flags("replace_stride_with_dilation", replace_stride_with_dilation)
+    drop = _three_flags("drop_stride", drop_stride)
+    both = [stage + 2 for stage in range(3) if replace[stage] and drop[stage]]
+    if both:
       raise ValueError(
-          f"replace_stride_with_dilation must have 3 entries, got {replace_stride_with_dilation}")
+          f"stage(s) {both} are set in both replace_stride_with_dilation and drop_stride; "
+          "a stage either dilates or drops its stride")
+    if multi_grid is not None:
+      multi_grid = tuple(int(m) for m in multi_grid)
+      if len(multi_grid) != blocks[3] or min(multi_grid) < 1:
+        raise ValueError(
+            f"multi_grid needs one positive factor per layer4 block ({blocks[3]}), got "
+            f"{multi_grid}")
     if width_multiplier <= 0:
       raise ValueError(f"width_multiplier must be positive, got {width_multiplier}")
+    if int(in_channels) < 1:
+      raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    bn_epsilon = check_bn_epsilon(bn_epsilon)
+    block_type = BasicBlock if depth in BASIC_DEPTHS else Bottleneck
     self.dtype = canonical_dtype(dtype)
     self.blocks = blocks
+    self.in_channels = int(in_channels)
     stem = _scaled(64, width_multiplier)
-    self.conv1 = Conv(3, stem, 7, stride=2, dtype=self.dtype, rngs=rngs)
-    self.bn1 = FrozenBatchNorm(stem, dtype=self.dtype)
+    self.conv1 = Conv(self.in_channels, stem, 7, stride=2, dtype=self.dtype, rngs=rngs)
+    self.bn1 = FrozenBatchNorm(stem, eps=bn_epsilon, dtype=self.dtype)
     in_features = stem
     dilation = 1
+    output_stride = 4  # The stem conv and the max pool.
     stages = []
     for index, count in enumerate(blocks):
       planes = _scaled(64 * 2**index, width_multiplier)
@@ -126,28 +231,38 @@ class ResNet(nnx.Module):
       if index > 0 and replace[index - 1]:
         dilation *= stride
         stride = 1
+      elif index > 0 and drop[index - 1]:
+        stride = 1
+      output_stride *= stride
+      dilations = [previous_dilation] + [dilation] * (count - 1)
+      if index == 3 and multi_grid is not None:
+        dilations = [dilation * factor for factor in multi_grid]
+      out_features = planes * block_type.expansion
       layer = []
       for block_index in range(count):
-        layer.append(Bottleneck(
+        layer.append(block_type(
             in_features,
             planes,
             stride=stride if block_index == 0 else 1,
-            dilation=previous_dilation if block_index == 0 else dilation,
-            downsample=block_index == 0 and (stride != 1 or in_features != planes * EXPANSION),
+            dilation=dilations[block_index],
+            downsample=block_index == 0 and (stride != 1 or in_features != out_features),
             residual_gamma=residual_gamma,
+            bn_epsilon=bn_epsilon,
             dtype=self.dtype,
             rngs=rngs,
         ))
-        in_features = planes * EXPANSION
+        in_features = out_features
       stages.append(nnx.List(layer))
     self.layer1, self.layer2, self.layer3, self.layer4 = stages
-    self.low_features = _scaled(64, width_multiplier) * EXPANSION
+    self.low_features = stem * block_type.expansion
     self.out_features = in_features
+    self.output_stride = output_stride
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     """Maps NHWC images to {"low": layer1 features, "out": layer4 features}."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"expected NHWC images with 3 channels, got shape {images.shape}")
+    if images.ndim != 4 or images.shape[-1] != self.in_channels:
+      raise ValueError(
+          f"expected NHWC images with {self.in_channels} channels, got shape {images.shape}")
     x = jax.nn.relu(self.bn1(self.conv1(images)))
     x = max_pool_3x3_stride2(x)
     for block in self.layer1:
@@ -183,7 +298,7 @@ def _torchvision_targets(model: ResNet) -> dict[str, tuple[nnx.Variable, tuple[i
   for layer_name in ("layer1", "layer2", "layer3", "layer4"):
     for index, block in enumerate(getattr(model, layer_name)):
       prefix = f"{layer_name}.{index}"
-      for part in ("1", "2", "3"):
+      for part in block.parts:
         add_conv(f"{prefix}.conv{part}", getattr(block, f"conv{part}"))
         add_bn(f"{prefix}.bn{part}", getattr(block, f"bn{part}"))
       if block.downsample_conv is not None:
@@ -196,14 +311,43 @@ def _is_ignored_key(key: str) -> bool:
   return key.startswith("fc.") or key.endswith("num_batches_tracked")
 
 
-def load_torchvision_weights(model: ResNet, state_dict: Mapping[str, Any]) -> ResNet:
+def _kept_random(key: str, keep_random: Sequence[str]) -> bool:
+  return any(key == prefix or key.startswith(prefix + ".") for prefix in keep_random)
+
+
+def load_torchvision_weights(model: ResNet, state_dict: Mapping[str, Any], *,
+                             keep_random: Sequence[str] = ()) -> ResNet:
   """Copies a torchvision ResNet state dict (key -> array) into `model`, in place.
 
   `fc.*` and `num_batches_tracked` are ignored; any other missing, unexpected or
   mis-shaped key raises a ValueError naming it.
+
+  A stem over other than 3 input channels (`in_channels`) cannot take ImageNet's
+  `conv1.weight`, and that raises too rather than silently leaving the stem random: a
+  wrong `in_channels` would otherwise train on quietly. A caller who wants a random stem
+  says so with `keep_random=("conv1",)`; bn1 and every block still load (ELN's release
+  does exactly this for its 4 + C channel input).
+
+  Args:
+    model: the ResNet to fill.
+    state_dict: torchvision key names -> arrays.
+    keep_random: torchvision keys, or prefixes of them up to a dot ("conv1",
+      "layer2.0.downsample"), whose variables keep their current values; the state dict
+      may lack them, and entries it has for them are not loaded.
+
+  Returns:
+    `model`.
   """
   targets = _torchvision_targets(model)
-  missing = [key for key in targets if key not in state_dict]
+  keep_random = tuple(keep_random)
+  unmatched = [prefix for prefix in keep_random if not any(
+      _kept_random(key, (prefix,)) for key in targets)]
+  if unmatched:
+    raise ValueError(f"keep_random names no variable of this ResNet: {unmatched}; give "
+                     "torchvision keys or their prefixes, e.g. 'conv1' or 'layer1.0.conv2'")
+  loaded = {key: target for key, target in targets.items()
+            if not _kept_random(key, keep_random)}
+  missing = [key for key in loaded if key not in state_dict]
   if missing:
     raise ValueError(
         f"state dict is missing {len(missing)} key(s) the ResNet needs, e.g. "
@@ -213,10 +357,16 @@ def load_torchvision_weights(model: ResNet, state_dict: Mapping[str, Any]) -> Re
     raise ValueError(
         f"state dict has {len(unexpected)} key(s) this ResNet does not have (wrong depth "
         f"or blocks?), e.g. {unexpected[:5]}")
-  for key, (variable, torch_shape) in targets.items():
+  for key, (variable, torch_shape) in loaded.items():
     array = np.asarray(state_dict[key])
     if array.shape != torch_shape:
-      raise ValueError(f"state dict key {key!r} has shape {array.shape}, expected {torch_shape}")
+      hint = ""
+      if key == "conv1.weight" and array.ndim == 4 and array.shape[1] != torch_shape[1]:
+        hint = (f": the stem takes {torch_shape[1]} input channels (in_channels) and these "
+                f"weights {array.shape[1]}; pass keep_random=('conv1',) to keep a random "
+                "stem and load everything else")
+      raise ValueError(
+          f"state dict key {key!r} has shape {array.shape}, expected {torch_shape}{hint}")
     if array.ndim == 4:
       array = array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
     variable.set_value(jnp.asarray(array, variable.dtype))
@@ -230,27 +380,39 @@ def resnet_from_torchvision(
     blocks: Sequence[int] | None = None,
     width_multiplier: float = 1.0,
     replace_stride_with_dilation: Sequence[bool] = (False, True, True),
+    drop_stride: Sequence[bool] = (False, False, False),
+    multi_grid: Sequence[int] | None = None,
+    in_channels: int = 3,
+    bn_epsilon: float = BATCH_NORM_EPS,
+    keep_random: Sequence[str] = (),
     dtype: Any = jnp.float32,
 ) -> ResNet:
-  """Builds a dilated ResNet holding the weights of a torchvision state dict.
+  """Builds a ResNet holding the weights of a torchvision state dict.
 
   Args:
     state_dict: torchvision key names -> arrays (numpy or anything `np.asarray` takes),
       e.g. from `load_torchvision_npz`.
-    depth, blocks, width_multiplier, replace_stride_with_dilation, dtype: as `ResNet`.
+    depth, blocks, width_multiplier, replace_stride_with_dilation, drop_stride, multi_grid,
+      in_channels, bn_epsilon, dtype: as `ResNet`.
+    keep_random: as `load_torchvision_weights`.
 
   Returns:
-    The ResNet, every weight and batch-norm statistic taken from `state_dict`.
+    The ResNet, every weight and batch-norm statistic taken from `state_dict` (except
+    those under `keep_random`, initialised from seed 0).
   """
   model = ResNet(
       depth,
       blocks=blocks,
       width_multiplier=width_multiplier,
       replace_stride_with_dilation=replace_stride_with_dilation,
+      drop_stride=drop_stride,
+      multi_grid=multi_grid,
+      in_channels=in_channels,
+      bn_epsilon=bn_epsilon,
       dtype=dtype,
       rngs=nnx.Rngs(0),
   )
-  return load_torchvision_weights(model, state_dict)
+  return load_torchvision_weights(model, state_dict, keep_random=keep_random)
 
 
 def load_torchvision_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -259,6 +421,7 @@ def load_torchvision_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if not os.path.exists(path):
     raise ValueError(
         f"pretrained weights file {path!r} does not exist; convert torchvision's "
-        f"resnet101-5d3b4d8f.pth with scripts/convert_torchvision_resnet.py")
+        f"ResNet checkpoint (e.g. resnet101-5d3b4d8f.pth) with "
+        f"scripts/convert_torchvision_resnet.py")
   with np.load(path, allow_pickle=False) as archive:
     return {key: archive[key] for key in archive.files}

@@ -1,0 +1,243 @@
+"""Acquirers: how labels are bought from the target pool, chosen by `config.active.kind`.
+
+An acquirer owns one method's acquisition protocol end to end: when rounds run, what a
+round buys (squares around picked pixels, masks, whole frames) and how it picks. The
+trainer builds one from the `active` config group and calls:
+
+  acquirer.round_steps               training steps before which a round runs (may be empty)
+  acquirer.ledger_radii(label_shape) (label_radius, suppress_radius) for a new ledger
+  acquirer.start(ledger)             labels bought before training starts (new runs only)
+  acquirer.run_round(pool, ledger)   one round over the pool -> RoundResult
+
+The acquirer writes the ledger itself (`record`, `record_mask`, `record_frame`) and never
+sees the trainer, a model or a dataset: `RoundPool` hands it a fresh pass over the pool's
+batches and a prediction function returning the model's named outputs on device. Built-in
+members: "ra" and "pa" (RIPU's greedy rounds over a registered strategy), "all" (every
+target pixel labelled from the start: the supervised upper bound) and "none" (no target
+labels). Register more with `@ACQUIRERS.register("name")` on a subclass of `Acquirer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ripu_jax import image_ops
+from ripu_jax.acquisition import strategies as strategies_lib
+from ripu_jax.acquisition.selection_round import RoundPlan, plan_round, select_round
+from ripu_jax.registry import Registry
+
+
+@dataclasses.dataclass
+class RoundPool:
+  """What a round may read: the target pool in batches and the model's predictions.
+
+  batches(): a fresh pass over the pool; each batch is a dict with "image" (float
+    [B, h, w, 3], normalised), "index" (int [B], image index in the pool), "label_size"
+    (int [B, 2]) and "valid" (bool [B]; False on padding rows).
+  predict(images, outputs): the model's named outputs (e.g. ("logits",)) on device, in eval
+    mode, sharded over `mesh`.
+  """
+  round_number: int
+  seed: int
+  batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
+  num_batches: int
+  name: Callable[[int], str]
+  predict: Callable[[np.ndarray, Sequence[str]], Mapping[str, jax.Array]]
+  mesh: Any
+  num_overlays: int = 0
+  progress: Callable[..., Iterable] = lambda iterable, **_: iterable
+
+
+@dataclasses.dataclass
+class ImageRecord:
+  """One image's purchase in a round, for the exports."""
+  index: int
+  name: str
+  labeled: np.ndarray  # bool [H, W]: pixels bought in this round
+  picks: np.ndarray | None = None  # int32 [N, 2] (row, col) for square-shaped purchases
+
+
+@dataclasses.dataclass
+class Overlay:
+  """A picture of one image's round: prediction, score map and the pixels bought."""
+  name: str
+  image: np.ndarray  # the normalised network input [h, w, 3]
+  prediction: np.ndarray  # int [H, W]
+  score: np.ndarray  # float [H, W]
+  labeled: np.ndarray  # bool [H, W]
+
+
+@dataclasses.dataclass
+class RoundResult:
+  images: list[ImageRecord]
+  unit: str  # what `count` counts: "regions", "pixels", "segments", "frames"
+  count: int
+  strategy: str | None = None
+  label_radius: int = 0
+  overlays: list[Overlay] = dataclasses.field(default_factory=list)
+
+
+class Acquirer:
+  """Base class: no rounds, nothing bought (the `none` acquirer)."""
+
+  def __init__(self, active):
+    self.active = active
+
+  @classmethod
+  def validate(cls, config) -> None:
+    """Raises ValueError naming the field when `config` cannot run with this acquirer."""
+
+  @property
+  def buys_target_labels(self) -> bool:
+    return bool(self.round_steps)
+
+  @property
+  def round_steps(self) -> tuple[int, ...]:
+    return ()
+
+  def ledger_radii(self, label_shape: tuple[int, int]) -> tuple[int, int]:
+    del label_shape
+    return 0, 0
+
+  def start(self, ledger) -> None:
+    """Labels bought before the first training step (called once, on a new ledger)."""
+
+  def run_round(self, pool: RoundPool, ledger) -> RoundResult:
+    raise NotImplementedError(f"{type(self).__name__} runs no selection rounds")
+
+
+ACQUIRERS: Registry[type[Acquirer]] = Registry("acquirer")
+ACQUIRERS.register("none", Acquirer)
+
+
+def _invalid(message: str) -> ValueError:
+  return ValueError(f"invalid config: {message}")
+
+
+@ACQUIRERS.register("all")
+class AllLabels(Acquirer):
+  """Every target pixel labelled from the start (the supervised upper bound)."""
+
+  @property
+  def buys_target_labels(self) -> bool:
+    return True
+
+  def start(self, ledger) -> None:
+    for index in range(ledger.num_images):
+      ledger.record_frame(0, index)
+
+
+class GreedyRounds(Acquirer):
+  """RIPU's rounds: a strategy scores every pixel, the exact greedy picks squares.
+
+  Reads active.strategy, active.radius (k), active.round_steps and the budget
+  (active.ratio for RA, active.pixels for PA); the budget is split evenly over the rounds.
+  """
+  kind = ""  # "ra" or "pa"
+  unit = ""
+
+  @classmethod
+  def validate(cls, config) -> None:
+    active = config.active
+    if active.strategy not in strategies_lib.STRATEGIES:
+      raise _invalid(f"active.strategy must be one of {strategies_lib.available_strategies()}, "
+                     f"got {active.strategy!r}; a strategy defined outside ripu_jax needs "
+                     "its module in --config.plugins")
+    if active.radius < 0:
+      raise _invalid(f"active.radius must be >= 0, got {active.radius}")
+    steps = tuple(active.round_steps)
+    if not steps:
+      raise _invalid("active.round_steps must list at least one step")
+    if list(steps) != sorted(set(steps)) or steps[0] < 0:
+      raise _invalid(f"active.round_steps must be distinct, increasing and >= 0, got {steps}")
+    if steps[-1] >= config.num_steps:
+      raise _invalid(f"active.round_steps {steps} must come before num_steps "
+                     f"({config.num_steps})")
+    if active.batch_size < 1:
+      raise _invalid("active.batch_size must be >= 1")
+
+  @property
+  def round_steps(self) -> tuple[int, ...]:
+    return tuple(int(s) for s in self.active.round_steps)
+
+  def plan(self, label_shape: tuple[int, int]) -> RoundPlan:
+    active = self.active
+    budget = {"ratio": active.ratio} if self.kind == "ra" else {"pixels": active.pixels}
+    return plan_round(self.kind, *label_shape, radius=active.radius,
+                      rounds=len(active.round_steps), **budget)
+
+  def ledger_radii(self, label_shape: tuple[int, int]) -> tuple[int, int]:
+    plan = self.plan(label_shape)
+    return plan.label_radius, plan.suppress_radius
+
+  def run_round(self, pool: RoundPool, ledger) -> RoundResult:
+    name = self.active.strategy
+    strategy = strategies_lib.get_strategy(name)
+    inputs = strategies_lib.model_outputs(strategy)
+    images, overlays = [], []
+    devices = pool.mesh.size
+    for batch in pool.progress(pool.batches(), total=pool.num_batches,
+                               desc=f"round {pool.round_number}"):
+      sizes = {tuple(int(v) for v in size) for size in batch["label_size"]}
+      if len(sizes) != 1:
+        raise ValueError(f"target images of one selection batch have different label sizes "
+                         f"{sorted(sizes)}; set --config.active.batch_size={devices}")
+      label_size = sizes.pop()
+      plan = self.plan(label_size)
+      indices = [int(i) for i in batch["index"]]
+      names = [pool.name(i) for i in indices]
+      outputs = pool.predict(batch["image"], inputs)
+      excluded = np.stack([ledger.excluded_mask(i) for i in indices])
+      selection = select_round(
+          outputs, plan=plan, strategy=name, label_size=label_size, excluded=excluded,
+          image_ids=np.asarray(indices, np.int32), seed=pool.seed, image_names=names,
+          mesh=pool.mesh)
+      for j in np.flatnonzero(batch["valid"]):
+        picks = selection.picks[j][selection.picks[j, :, 0] >= 0]
+        ledger.record(pool.round_number, indices[j], picks)
+        images.append(ImageRecord(indices[j], names[j], selection.labeled[j], picks))
+        if len(overlays) < pool.num_overlays:
+          overlays.append(self._overlay(strategy, inputs, outputs, j, batch["image"][j],
+                                        names[j], indices[j], selection.labeled[j], plan,
+                                        label_size, pool.seed))
+    return RoundResult(images, unit=self.unit, count=sum(len(r.picks) for r in images),
+                       strategy=name, label_radius=ledger.label_radius, overlays=overlays)
+
+  @staticmethod
+  def _overlay(strategy, inputs, outputs, j, image, name, index, labeled, plan, label_size,
+               seed) -> Overlay:
+    upsampled = [image_ops.upsample_logits(outputs[key][j:j + 1], label_size) for key in inputs]
+    key = jax.random.fold_in(jax.random.key(seed), index)[None]
+    score = strategy(*upsampled, radius=plan.radius, mode=plan.mode, keys=key)[0]
+    prediction = np.asarray(jnp.argmax(upsampled[0][0], -1))
+    return Overlay(name, np.asarray(image), prediction, np.asarray(score), labeled)
+
+
+@ACQUIRERS.register("ra")
+class RegionRounds(GreedyRounds):
+  """RA: (2k+1)^2 regions, active.ratio of the pixels over all rounds."""
+  kind, unit = "ra", "regions"
+
+  @classmethod
+  def validate(cls, config) -> None:
+    super().validate(config)
+    if not 0 < config.active.ratio <= 1:
+      raise _invalid(f"active.ratio must lie in (0, 1], got {config.active.ratio}")
+
+
+@ACQUIRERS.register("pa")
+class PixelRounds(GreedyRounds):
+  """PA: single pixels, active.pixels per image over all rounds (k only scores)."""
+  kind, unit = "pa", "pixels"
+
+  @classmethod
+  def validate(cls, config) -> None:
+    super().validate(config)
+    if config.active.pixels < 1:
+      raise _invalid(f"active.pixels must be >= 1, got {config.active.pixels}")
