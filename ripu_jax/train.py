@@ -182,11 +182,14 @@ class Trainer:
     return sharding.put_batch(array, self.mesh)
 
   def _next_batch(self) -> dict[str, jax.Array]:
+    """{"<domain>_images", "<domain>_labels", "<domain>_<feature>" (depth, pose, ...)}."""
     batch = {}
     for name, iterator in self.iterators.items():
       examples = next(iterator)
       batch[f"{name}_images"] = self._put(examples["image"])
       batch[f"{name}_labels"] = self._put(examples["label"])
+      for key in examples.keys() - {"image", "label", "index"}:
+        batch[f"{name}_{key}"] = self._put(examples[key])
     return batch
 
   def _progress(self) -> dict:

@@ -300,3 +300,62 @@ def test_hooks_run_at_their_points_and_see_the_trainer(tmp_path):
   config.hooks = ("nope",)
   with pytest.raises(ValueError, match="hooks"):
     config_lib.validate(config)
+
+
+# ---------------------------------------------------------------------- datasets
+
+
+class _WithDepth:
+  """A synthetic split whose examples also carry a constant depth map (a "depth" feature)."""
+
+  def __init__(self, split, depth):
+    self._split, self._depth = split, depth
+
+  def __len__(self):
+    return len(self._split)
+
+  def __getitem__(self, index):
+    example = dict(self._split[index])
+    example["depth"] = np.full(example["label"].shape, self._depth, np.float32)
+    return example
+
+  encoded = __getitem__  # what the loaders read
+
+  def __getattr__(self, name):
+    return getattr(self._split, name)
+
+
+class _DepthObjective(Objective):
+  """RIPU's loss; also reports the mean of the target depth the batch carried."""
+  domains = ("source", "target")
+
+  def loss(self, model, batch):
+    return OBJECTIVES.get("ripu")(self.config).loss(model, batch)
+
+  def train_step(self, state, batch):
+    return {**super().train_step(state, batch), "depth_mean": batch["target_depth"].mean()}
+
+
+def test_a_registered_dataset_with_extra_features_reaches_the_objective(tmp_path):
+  from ripu_jax.data import catalog  # pylint: disable=g-import-not-at-top
+  from ripu_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  synthetic_spec = catalog.get("synthetic")
+
+  def opener(spec, split, *, data_dir, **fields):
+    del spec, data_dir
+    return _WithDepth(synthetic.SyntheticSplit(synthetic.SyntheticConfig(**fields), split), 2.5)
+
+  spec = catalog.DatasetSpec(
+      name="toy_rgbd", splits=synthetic_spec.splits, roles=dict(synthetic_spec.roles),
+      label_space=synthetic_spec.label_space, stored_space=synthetic_spec.stored_space,
+      opener=opener, features={"depth": "depth"})
+  with catalog.DATASETS.temporary("toy_rgbd", spec), \
+       OBJECTIVES.temporary("test_depth", _DepthObjective):
+    config = smoke_config("test_depth")
+    config.data.source = config.data.target = "toy_rgbd"
+    config.data.sampling = "uniform"
+    fields = {k: v for k, v in config.data.synthetic.items() if k != "prepared"}
+    config.data.toy_rgbd = ml_collections.ConfigDict(fields)
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  records = [r for r in read_metrics(str(tmp_path / "run")) if r["kind"] == "train"]
+  assert [r["depth_mean"] for r in records] == [2.5, 2.5]
