@@ -274,3 +274,41 @@ def test_checkpoint_of_an_earlier_layout_says_to_start_fresh(tmp_path):
   manager.close()
   with pytest.raises(ValueError, match="earlier ripu_jax.*fresh --workdir.*init_from"):
     train.Trainer(tiny_config(), str(tmp_path / "run"))
+
+
+def test_train_metrics_are_averaged_since_the_last_log_step(tmp_path):
+  from ripu_jax import hooks as hooks_lib  # pylint: disable=g-import-not-at-top
+  totals = {}
+
+  class Recorder(hooks_lib.Hook):
+
+    def after_step(self, trainer, metrics):
+      totals[trainer.step] = float(metrics["total"])
+
+  with hooks_lib.HOOKS.temporary("test_totals", lambda config: Recorder()):
+    config = tiny_config(num_steps=5, log_every=2, hooks=("test_totals",))
+    config.active.round_steps = (2,)
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+  records = {r["step"]: r["total"] for r in read_metrics(workdir) if r["kind"] == "train"}
+  assert sorted(records) == [2, 4, 5]
+  assert records[2] == pytest.approx((totals[1] + totals[2]) / 2, rel=1e-6)
+  assert records[4] == pytest.approx((totals[3] + totals[4]) / 2, rel=1e-6)
+  assert records[5] == pytest.approx(totals[5], rel=1e-6)
+
+
+def test_non_finite_metrics_are_caught_before_a_save_between_log_steps(tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer = train.Trainer(tiny_config(log_every=100, checkpoint_every=4), workdir)
+  real_step = trainer.train_step
+
+  def poisoned(state, batch):
+    metrics = real_step(state, batch)
+    return dict(metrics, grad_norm=np.float32(np.inf)) if trainer.step == 3 else metrics
+
+  trainer.train_step = poisoned
+  with pytest.raises(FloatingPointError, match=r"step 4: non-finite.*grad_norm.*steps 1-4"):
+    trainer.run()
+  trainer.close()
+  # Round checkpoints (steps 2) are kept; nothing was saved at step 4.
+  assert Checkpoints(os.path.join(workdir, "checkpoints")).latest_step() == 2
