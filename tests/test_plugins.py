@@ -359,3 +359,34 @@ def test_a_registered_dataset_with_extra_features_reaches_the_objective(tmp_path
     train.train_and_evaluate(config, str(tmp_path / "run"))
   records = [r for r in read_metrics(str(tmp_path / "run")) if r["kind"] == "train"]
   assert [r["depth_mean"] for r in records] == [2.5, 2.5]
+
+
+def test_a_synthia_sourced_run_trains_and_evaluates_in_the_16_class_space(tmp_path):
+  """SYNTHIA's space end to end (as the release): 16 outputs, mIoU over 16 and 13 classes."""
+  from ripu_jax.data import catalog  # pylint: disable=g-import-not-at-top
+  from ripu_jax.data import labels  # pylint: disable=g-import-not-at-top
+  from ripu_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  synthetic_spec = catalog.get("synthetic")
+
+  def opener(spec, split, *, data_dir, **fields):
+    del spec, data_dir
+    return synthetic.SyntheticSplit(synthetic.SyntheticConfig(**fields), split)
+
+  spec = catalog.DatasetSpec(
+      name="toy_synthia", splits=synthetic_spec.splits, roles={"source": "source_train"},
+      label_space="synthia16", stored_space="cityscapes19", opener=opener)
+  with catalog.DATASETS.temporary("toy_synthia", spec):
+    config = smoke_config("ripu")
+    config.data.source = "toy_synthia"
+    config.data.sampling = "uniform"
+    fields = {k: v for k, v in config.data.synthetic.items() if k != "prepared"}
+    config.data.toy_synthia = ml_collections.ConfigDict(fields)
+    assert config_lib.num_classes(config) == 16
+    workdir = str(tmp_path / "run")
+    summary = train.train_and_evaluate(config, workdir)
+    trainer = train.Trainer(config, workdir)
+    assert trainer.state.model(jnp.zeros((1, 64, 128, 3))).shape[-1] == 16
+    trainer.close()
+  assert {"miou", "miou_13"} <= set(summary)
+  synthia_names = [labels.CLASS_NAMES[c] for c in labels.SYNTHIA_CLASSES]
+  assert set(summary["iou"]) <= set(synthia_names) and "terrain" not in summary["iou"]
