@@ -11,9 +11,11 @@ import ml_collections
 
 from ripu_jax import hooks as hooks_lib
 from ripu_jax import methods  # noqa: F401  (registers the built-in methods)
+from ripu_jax import models
 from ripu_jax.acquisition.acquirers import ACQUIRERS
 from ripu_jax.data import catalog
 from ripu_jax.data import labels as labels_lib
+from ripu_jax.errors import ConfigError
 from ripu_jax.objectives import OBJECTIVES
 
 
@@ -163,7 +165,7 @@ PLUGIN_HINT = "; a piece defined outside ripu_jax needs its module in --config.p
 
 def _check(condition: bool, message: str) -> None:
   if not condition:
-    raise ValueError(f"invalid config: {message}")
+    raise ConfigError(f"invalid config: {message}")
 
 
 def _check_size(value, name: str) -> None:
@@ -199,6 +201,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"{config.data.source!r}")
   _check(config.data.target in targets, f"data.target must be one of {targets}, got "
          f"{config.data.target!r}")
+  for name in {config.data.source, config.data.target} & set(config.data.keys()):
+    options = {k: v for k, v in config.data[name].items() if k != "prepared"}
+    try:  # a generated dataset's parameters (data.synthetic.*)
+      catalog.get(name).config_from_options(options)
+    except (TypeError, ValueError) as error:
+      raise ConfigError(f"invalid config: data.{name}: {error}") from None
   for name in ("source_size", "target_size"):
     _check_size(tuple(config.data[name]), f"data.{name}")
   _check_size(tuple(config.eval.size), "eval.size")
@@ -206,6 +214,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.optim.base_lr > 0, f"optim.base_lr must be > 0, got {config.optim.base_lr}")
   _check(config.optim.max_iter >= 1, "optim.max_iter must be >= 1")
   _check(config.train.batch_size >= 1, "train.batch_size must be >= 1")
+  _check(config.eval.every >= 1, f"eval.every must be >= 1, got {config.eval.every}")
+  _check(config.active.num_overlays >= 0,
+         f"active.num_overlays must be >= 0, got {config.active.num_overlays}")
+  optim_config = config.optim
+  _check(0 <= optim_config.momentum < 1,
+         f"optim.momentum must lie in [0, 1), got {optim_config.momentum}")
+  for name in ("weight_decay", "head_lr_multiplier", "power"):
+    _check(optim_config[name] >= 0, f"optim.{name} must be >= 0, got {optim_config[name]}")
+  _check(config.model.name in models.MODELS, f"model.name must be one of "
+         f"{models.MODELS.names()}, got {config.model.name!r}{PLUGIN_HINT}")
+  _check(config.model.dtype in ("float32", "bfloat16"),
+         f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
+  _check(config.data.sampling in ("class_balanced", "uniform"),
+         f"data.sampling must be 'class_balanced' or 'uniform', got {config.data.sampling!r}")
   _check(config.active.batch_size >= 1 and config.eval.batch_size >= 1,
          "active.batch_size and eval.batch_size must be >= 1")
   acquirer = ACQUIRERS.get(kind)

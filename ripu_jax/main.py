@@ -1,21 +1,73 @@
 """Command line: `python -m ripu_jax.main --config configs/demo.py --workdir /tmp/ripu_demo`.
 
 Any config field can be overridden, e.g. `--config.active.ratio=0.05`; a small run of any
-config is `--config configs/synthia.py:smoke`. Rerunning the same command resumes.
+config is `--config configs/synthia.py:smoke`. Rerunning the same command resumes; a rerun
+with another config is refused unless the changed fields are named in
+`--allow_config_change` (e.g. `--allow_config_change=num_steps` to extend a run).
+
+Errors the user can fix (a bad config value or field, missing data, a workdir in use or of
+another config) print one line; `--verbosity=1` or RIPU_JAX_TRACEBACK=1 adds the traceback.
+Ctrl-C stops the run with one line saying how to resume.
 """
 
+import os
+import re
+import sys
+
 from absl import app
-from absl import logging
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
+from ripu_jax import errors
 from ripu_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py), optionally with ':arg'.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, rounds.")
+_ALLOW = flags.DEFINE_list(
+    "allow_config_change", [], "Config fields that may differ from the config recorded in a "
+    "workdir that already holds checkpoints, e.g. num_steps,eval.every (recorded in "
+    "config_changes.jsonl).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _show_tracebacks(argv=None) -> bool:
+  if os.environ.get("RIPU_JAX_TRACEBACK", "") not in ("", "0"):
+    return True
+  if flags.FLAGS.is_parsed():
+    return flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1
+  return any(arg.startswith(("--verbosity=", "-v=")) and arg.split("=", 1)[1] not in ("0", "-1")
+             for arg in (argv or []))
+
+
+def _fail(message: str, code: int = 2) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _parse_flags(argv):
+  """absl's parsing, with a one-line error for a bad `--config.<field>` (no traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    _fail(f"{error}. See --helpfull for the flags.")
+  except (AttributeError, KeyError, TypeError, ValueError, errors.UserError) as error:
+    if _show_tracebacks(argv):
+      raise
+    text = str(error).replace("\\n", " ").replace("\\'", "'")
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    unknown = re.search(r"'(\w+)'", text)
+    if isinstance(error, (AttributeError, KeyError)) and unknown:
+      field = unknown.group(1)
+      where = [a for a in overrides if re.search(rf"[.]{field}(=|$)", a.split("=", 1)[0] + "=")]
+      suggestion = re.search(r'Did you mean "([^"]+)"', text)
+      hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
+      _fail(f"{', '.join(where) or 'a --config override'}: the config has no field "
+            f"{field!r}{hint}")
+    _fail(f"could not apply the config overrides {overrides}: {text}")
+  return argv
 
 
 def main(argv):
@@ -25,8 +77,18 @@ def main(argv):
     # Progress bars and one line per eval/round say what happens; library INFO logs
     # (orbax writes several per checkpoint) would drown them. --verbosity=0 shows them.
     logging.set_verbosity(logging.WARNING)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                             allow_config_change=tuple(_ALLOW.value))
+  except KeyboardInterrupt:
+    print(f"\nstopped (Ctrl-C). Rerun the same command to resume {_WORKDIR.value} from its last "
+          "checkpoint.", file=sys.stderr)
+    os._exit(130)  # pylint: disable=protected-access  (no tracebacks from worker threads)
+  except errors.UserError as error:
+    if _show_tracebacks():
+      raise
+    _fail(str(error), code=1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

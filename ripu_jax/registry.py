@@ -16,6 +16,8 @@ import importlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
+from ripu_jax.errors import PluginError, UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -44,7 +46,7 @@ class Registry(Generic[T]):
       return self._entries[name]
     except (KeyError, TypeError):
       known = ", ".join(self.names()) or "none"
-      raise ValueError(f"unknown {self.kind} {name!r}; known: {known}. A {self.kind} defined "
+      raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}. A {self.kind} defined "
                        "outside ripu_jax is found once its module is listed in "
                        "--config.plugins") from None
 
@@ -71,7 +73,7 @@ def import_plugins(modules: Sequence[str]) -> None:
     try:
       importlib.import_module(module)
     except ImportError as error:
-      raise ImportError(
+      raise PluginError(
           f"plugin module {module!r} (from config.plugins) could not be imported: {error}. "
           "It must be importable from the current directory or the Python path (e.g. "
           "PYTHONPATH=/path/to/dir_with_module)") from error

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 
 import jax
@@ -37,15 +38,17 @@ from ripu_jax import models
 from ripu_jax import optim
 from ripu_jax import registry
 from ripu_jax import sharding
+from ripu_jax import workdir as workdir_lib
 from ripu_jax.acquisition.acquirers import ACQUIRERS, RoundPool, RoundResult
 from ripu_jax.checkpoints import Checkpoints
+from ripu_jax.errors import MissingFileError, NonFiniteError
 from ripu_jax.data import catalog
 from ripu_jax.data import pipeline
 from ripu_jax.ledger import LabelLedger
 from ripu_jax.metrics_log import MetricsLog, read_metrics
 from ripu_jax.objectives import OBJECTIVES
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = workdir_lib.CONFIG_FILE
 
 
 def build_splits(config: ml_collections.ConfigDict) -> catalog.RunSplits:
@@ -60,7 +63,7 @@ def build_splits(config: ml_collections.ConfigDict) -> catalog.RunSplits:
 def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
   pretrained = config.model.pretrained or None
   if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"model.pretrained={pretrained!r} does not exist. Convert torchvision's ImageNet "
         "ResNet-101 with scripts/convert_torchvision_resnet.py (see the README), or pass "
         "--config.model.pretrained='' to start from random weights")
@@ -70,22 +73,13 @@ def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
       dtype=config.model.dtype, **config.model.kwargs.to_dict())
 
 
+def _has_steps(directory: str) -> bool:
+  """Whether a checkpoints/ folder holds at least one step folder."""
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def _label_shapes(split) -> np.ndarray:
   return np.array([split.label_shape(i) for i in range(len(split))], np.int64)
-
-
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  text = config.to_json_best_effort(indent=1, sort_keys=True)
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() != text:
-        logging.warning("%s differs from the config of this run; the checkpoint's run started "
-                        "with the saved one", path)
-    return
-  with open(path, "w") as f:
-    f.write(text)
-
 
 
 class Trainer:
@@ -94,18 +88,21 @@ class Trainer:
   Hooks read `config`, `workdir`, `step`, `state` (the `TrainState`), `ledger` and `log`.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
+               allow_config_change: tuple[str, ...] = ()):
+    """Checks everything that can be checked before the workdir is touched, then locks it.
+
+    allow_config_change: config fields that may differ from the config recorded in a
+      workdir that already holds checkpoints (see `ripu_jax.workdir`).
+    """
     registry.import_plugins(tuple(config.plugins))
     config_lib.validate(config)
-    if not str(workdir).strip():
-      raise ValueError("--workdir is empty; give the directory this run writes to")
     self.config = config
-    self.workdir = os.path.abspath(os.path.expanduser(workdir))
+    self.workdir = workdir_lib.check_path(workdir)
     self.mesh = sharding.default_mesh()
     for field in ("train.batch_size", "active.batch_size", "eval.batch_size"):
       group, name = field.split(".")
       sharding.check_divisible(field, config[group][name], self.mesh)
-    os.makedirs(self.workdir, exist_ok=True)
     self.objective = OBJECTIVES.get(config.train.objective)(config)
     self.acquirer = ACQUIRERS.get(config.active.kind)(config.active)
     self.hooks = list(self.objective.hooks()) + [
@@ -115,10 +112,36 @@ class Trainer:
     self.label_maps = {domain: catalog.label_map(config.data[domain], self.label_space)
                        for domain in ("source", "target") if config.data[domain]}
     shapes = _label_shapes(self.splits.target_train)
+    model = build_model(config)
+    if config.model.init_from and not _has_steps(os.path.join(self.workdir, "checkpoints")):
+      init_dir = os.path.join(os.path.expanduser(config.model.init_from), "checkpoints")
+      if not _has_steps(init_dir):
+        raise MissingFileError(
+            f"model.init_from={config.model.init_from!r} holds no checkpoint ({init_dir}); give "
+            "the workdir of a finished run (e.g. a source-only run)")
 
-    self.state = self.objective.build_state(build_model(config))
+    created = not os.path.isdir(self.workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    self._lock = workdir_lib.WorkdirLock(self.workdir)
+    try:
+      self._open_run(model, shapes, tuple(allow_config_change))
+    except BaseException:
+      self._lock.release()
+      if created:  # nothing was computed: leave no workdir behind
+        shutil.rmtree(self.workdir, ignore_errors=True)
+      raise
+
+  def _open_run(self, model: nnx.Module, shapes: np.ndarray,
+                allow_config_change: tuple[str, ...]) -> None:
+    """Restores the run (or starts it), after checking the config against the workdir's."""
+    config = self.config
+    self.did_work = False
+    self.state = self.objective.build_state(model)
     self.checkpoints = Checkpoints(os.path.join(self.workdir, "checkpoints"),
                                    keep=config.keep_checkpoints)
+    workdir_lib.record_config(
+        self.workdir, config.to_json_best_effort(indent=1, sort_keys=True),
+        checkpoint_step=self.checkpoints.latest_step(), allow_changes=allow_config_change)
     restored = self.checkpoints.restore(state=self.state)
     self.step = 0
     progress = {}
@@ -134,9 +157,12 @@ class Trainer:
       self.acquirer.start(self.ledger)
       if config.model.init_from:
         init_dir = os.path.join(os.path.expanduser(config.model.init_from), "checkpoints")
-        init_step = Checkpoints(init_dir).restore_model(self.state.model)
+        source_run = Checkpoints(init_dir, read_only=True)
+        try:
+          init_step = source_run.restore_model(self.state.model)
+        finally:
+          source_run.close()
         logging.info("model initialised from %s (step %d)", init_dir, init_step)
-    _write_config(config, self.workdir)
     state = jax.device_put(nnx.state(self.state), sharding.replicated(self.mesh))
     nnx.update(self.state, state)
 
@@ -225,6 +251,7 @@ class Trainer:
     summary["labelled_fraction"] = self.ledger.labeled_fraction()
     self.log.write(self.step, "eval", summary)
     self.evaluated_steps.add(self.step)
+    self.did_work = True
     extra = "".join(f", {name} {summary[name]:.1f}" for name in class_sets if name != "miou")
     tqdm.write(f"step {self.step}: mIoU {summary['miou']:.1f}{extra} on target val; "
                f"labelled {summary['labelled_fraction']:.2%} of target train pixels")
@@ -299,10 +326,13 @@ class Trainer:
     bad = {k: v for k, v in means.items() if not np.isfinite(v)}
     if bad:
       first = self.step - self._metric_count + 1
-      raise FloatingPointError(
+      latest = self.checkpoints.latest_step()
+      resume = (f"the last good checkpoint (step {latest}) is in {self.checkpoints.directory}"
+                if latest is not None else
+                "no checkpoint has been written yet, so a rerun starts from step 0")
+      raise NonFiniteError(
           f"step {self.step}: non-finite training metrics {bad} (averaged over steps "
-          f"{first}-{self.step}). The run stopped without saving; the last good checkpoint "
-          f"(step {self.checkpoints.latest_step()}) is in {self.checkpoints.directory}. Lower "
+          f"{first}-{self.step}). The run stopped without saving; {resume}. Lower "
           "optim.base_lr or check the inputs.")
     return means
 
@@ -356,6 +386,7 @@ class Trainer:
                              else self._accumulate(self._metric_sums, metrics))
         self._metric_count += 1
         self.step += 1
+        self.did_work = True
         bar.update(1)
         hooks_lib.call(self.hooks, "after_step", self, metrics)
         if self.step % config.log_every == 0 or self.step == config.num_steps:
@@ -374,17 +405,27 @@ class Trainer:
     return summary
 
   def close(self) -> None:
-    self.checkpoints.close()
-    self.log.close()
+    try:
+      self.checkpoints.close()
+      self.log.close()
+    finally:
+      self._lock.release()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-  """Runs (or resumes) the configured training in `workdir`; returns the last eval summary."""
-  trainer = Trainer(config, workdir)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: tuple[str, ...] = ()) -> dict | None:
+  """Runs (or resumes) the configured training in `workdir`; returns the last eval summary.
+
+  final.json holds the last evaluation; a rerun of a finished run leaves it as it was.
+  """
+  trainer = Trainer(config, workdir, allow_config_change=allow_config_change)
   try:
     summary = trainer.run()
   finally:
     trainer.close()
-  with open(os.path.join(trainer.workdir, "final.json"), "w") as f:
-    json.dump({"step": trainer.step, **(summary or {})}, f, indent=1)
+  path = os.path.join(trainer.workdir, "final.json")
+  if trainer.did_work or not os.path.exists(path):
+    with open(path + ".tmp", "w") as f:
+      json.dump({"step": trainer.step, **(summary or {})}, f, indent=1)
+    os.replace(path + ".tmp", path)
   return summary

@@ -30,6 +30,7 @@ import numpy as np
 from ripu_jax import image_ops
 from ripu_jax.acquisition import strategies as strategies_lib
 from ripu_jax.acquisition.selection_round import RoundPlan, plan_round, select_round
+from ripu_jax.errors import ConfigError
 from ripu_jax.registry import Registry
 
 
@@ -116,8 +117,8 @@ ACQUIRERS: Registry[type[Acquirer]] = Registry("acquirer")
 ACQUIRERS.register("none", Acquirer)
 
 
-def _invalid(message: str) -> ValueError:
-  return ValueError(f"invalid config: {message}")
+def _invalid(message: str) -> ConfigError:
+  return ConfigError(f"invalid config: {message}")
 
 
 @ACQUIRERS.register("all")

@@ -10,6 +10,11 @@ totals. The metadata is computed from the decoded labels themselves.
 TFDS writes into a temporary folder and renames it only after every split was written, so an
 interrupted or failed preparation never leaves a readable dataset behind.
 
+A manual label that holds no valid class id once mapped to train ids (all 255: wrong label
+ids, a label of another dataset) does not stop preparation, since one odd file among thousands
+should not cost a rebuild; it is warned about by file name (the first `MAX_LABEL_WARNINGS` per
+split) and listed in the builder's `labels_without_classes`, which `prepare` sums up at the end.
+
 The manual builders take their finder, label decoder and download instructions from the
 dataset catalogue (`ripu_jax.data.catalog`), whose specs name these classes.
 """
@@ -32,6 +37,9 @@ from ripu_jax.data import synthetic as synthetic_lib
 
 # Progress bars of example generation; `prepare` turns them on for interactive use.
 SHOW_PROGRESS = {"enabled": False}
+# Labels without any valid class id are warned about one by one up to this many per split
+# (a whole folder of wrong labels would otherwise flood the log); all of them are counted.
+MAX_LABEL_WARNINGS = 20
 
 
 def _features() -> tfds.features.FeaturesDict:
@@ -51,11 +59,13 @@ class _SplitStatistics:
     self.pixel_counts = np.zeros(labels_lib.NUM_CLASSES, np.int64)
     self._weights = 1 << np.arange(labels_lib.NUM_CLASSES, dtype=np.int64)
 
-  def add(self, train_ids: np.ndarray) -> None:
+  def add(self, train_ids: np.ndarray) -> np.ndarray:
+    """Records one label; returns its [NUM_CLASSES] pixel counts."""
     counts = labels_lib.pixel_counts(train_ids)
     self.pixel_counts += counts
     self.presence_bits.append(int(np.sum(self._weights[counts > 0])))
     self.label_shapes.append([int(train_ids.shape[0]), int(train_ids.shape[1])])
+    return counts
 
   def as_metadata(self) -> dict:
     return {
@@ -112,6 +122,8 @@ class _ManualSegmentationBuilder(_LocalCode, tfds.core.GeneratorBasedBuilder,
     root = manual.check_manual_dir(self.name, dl_manager.manual_dir, spec.help)
     tree = manual.FileTree(root)
     splits = spec.finder(tree)
+    # (split, label file) of every label without a valid class id, over all splits.
+    self.labels_without_classes: list[tuple[str, str]] = []
     return {split: self._generate_examples(tree, pairs, split, spec.label_loader)
             for split, pairs in splits.items()}
 
@@ -119,6 +131,7 @@ class _ManualSegmentationBuilder(_LocalCode, tfds.core.GeneratorBasedBuilder,
                          label_loader):
     stats = _SplitStatistics()
     mismatched = []
+    without_classes = 0
     for index, pair in enumerate(_progress(pairs, len(pairs), f"{self.name} {split}")):
       image = manual.load_image(tree, pair.image)
       train_ids = label_loader(tree, pair.label)
@@ -129,7 +142,16 @@ class _ManualSegmentationBuilder(_LocalCode, tfds.core.GeneratorBasedBuilder,
               f"{pair.label} is {train_ids.shape[0]}x{train_ids.shape[1]}; one of them is "
               "wrong, download or extract them again.")
         mismatched.append(pair.name)
-      stats.add(train_ids)
+      if not stats.add(train_ids).any():
+        without_classes += 1
+        self.labels_without_classes.append((split, str(pair.label)))
+        if without_classes <= MAX_LABEL_WARNINGS:
+          logging.warning(
+              "%s %s: the label %s holds no valid class id once mapped to train ids (every "
+              "pixel is 255 = ignore); its image is kept but teaches nothing. Is it a %s "
+              "label-id file?%s", self.name, split, pair.label, self.name,
+              " (Further such labels of this split are only counted.)"
+              if without_classes == MAX_LABEL_WARNINGS else "")
       yield index, {
           "image": image.encoded,
           "label": Image.fromarray(train_ids),

@@ -39,6 +39,7 @@ import numpy as np
 from ripu_jax.data import labels as labels_lib
 from ripu_jax.data import manual
 from ripu_jax.data import synthetic as synthetic_lib
+from ripu_jax.errors import MissingFileError
 from ripu_jax.registry import Registry
 
 SOURCE = "source"
@@ -58,7 +59,7 @@ DEMO_HINT = ("Or try the method without downloads: python -m ripu_jax.main "
              "--config configs/demo.py --workdir /tmp/ripu_demo")
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(MissingFileError):
   """The requested dataset has not been prepared in the given data dir."""
 
 

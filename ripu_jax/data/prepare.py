@@ -10,6 +10,12 @@ benchmark is generated locally from its parameters. Every dataset of the catalog
 (`ripu_jax.data.catalog`) with a TFDS builder can be prepared, including one a plug-in module
 registered; the generator options of the command line are the fields of the generated datasets'
 parameter classes.
+
+Preparation never stops for a label without any valid class id once mapped to train ids (all
+255 = ignore: wrong label ids, a label of another dataset): it warns, naming the file, and at
+the end counts such labels, since the image stays in the dataset but teaches nothing. A folder
+left damaged by an earlier preparation (unreadable metadata) is replaced with --overwrite and
+otherwise reported with that advice.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
+
+from absl import logging
 
 from ripu_jax.data import catalog
 from ripu_jax.data import manual
@@ -45,6 +54,8 @@ def prepare(name: str, *, manual_dir: str | os.PathLike | None = None,
   Raises:
     ManualDataError: manual files missing or not laid out as expected.
     CorruptFileError: an image, label or archive cannot be decoded (names the file).
+    DatasetNotPreparedError: an earlier preparation in `data_dir` is damaged and `overwrite`
+      is False (the message gives the command with --overwrite).
   """
   spec = reader.check_name(name)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -54,24 +65,27 @@ def prepare(name: str, *, manual_dir: str | os.PathLike | None = None,
   if spec.generated:
     if manual_dir is not None:
       raise ValueError(f"the {name} dataset is generated, it takes no --manual_dir")
-    builder = make_builder(name, data_dir, config)
     download_config = tfds.download.DownloadConfig()
   else:
-    spec.check_config(config)
+    config = spec.check_config(config)
     manual_dir = manual.check_manual_dir(name, manual_dir, spec.help)
     tree = manual.FileTree(manual_dir)
     try:
       spec.finder(tree)  # Fails fast, before TFDS starts, if the layout is wrong.
     finally:
       tree.close()
-    builder = make_builder(name, data_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   if overwrite:
     download_config.download_mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
 
   expected_dir = reader.dataset_dir(name, data_dir, config)
+  builder = _builder_over_existing(name, data_dir, config, expected_dir, overwrite)
   if os.fspath(builder.data_path) != expected_dir:
     raise RuntimeError(f"TFDS would write to {builder.data_path}, expected {expected_dir}")
+  if not overwrite and os.path.isfile(os.path.join(expected_dir, "dataset_info.json")):
+    # TFDS would reuse the folder as it is: report it as ready only if it can be read.
+    for split in spec.splits:
+      reader.PreparedSplit(name, split, expected_dir, data_dir=data_dir, config=config)
   previous = builders.SHOW_PROGRESS["enabled"]
   builders.SHOW_PROGRESS["enabled"] = progress
   tfds.disable_progress_bar()
@@ -79,7 +93,53 @@ def prepare(name: str, *, manual_dir: str | os.PathLike | None = None,
     builder.download_and_prepare(download_config=download_config)
   finally:
     builders.SHOW_PROGRESS["enabled"] = previous
+  _report_labels_without_classes(name, getattr(builder, "labels_without_classes", None))
   return expected_dir
+
+
+def _builder_over_existing(name: str, data_dir: str, config, directory: str, overwrite: bool):
+  """`make_builder`, which reads the metadata of an earlier preparation in `directory`: if
+  that is damaged, the folder is removed first with `overwrite`, else the error says so.
+
+  A folder is removed only if it is unreadable on its own (a metadata file that is not JSON,
+  or one TFDS rejects when opening the folder by itself), never for another builder error.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  errors = reader.metadata_errors()
+  try:
+    return make_builder(name, data_dir, config)
+  except errors + (AssertionError,) as err:  # TFDS asserts the version it reads back.
+    if not os.path.isdir(directory):
+      raise
+    reason = reader.damaged_metadata(directory)
+    if reason is None:
+      try:
+        tfds.builder_from_directory(directory)
+      except errors as own_err:
+        reason = (f"TFDS cannot read the metadata files of {directory} "
+                  f"({type(own_err).__name__}: {own_err})")
+    if reason is None:
+      raise  # The folder reads fine on its own: the error is not about it.
+    if not overwrite:
+      raise reader.damaged_error(name, directory, data_dir=data_dir, config=config,
+                                 reason=reason) from err
+    logging.warning("removing the damaged %s before preparing %s again: %s", directory, name,
+                    reason)
+    shutil.rmtree(directory)
+  return make_builder(name, data_dir, config)
+
+
+def _report_labels_without_classes(name: str, found: list[tuple[str, str]] | None) -> None:
+  """The end-of-preparation count of labels holding no valid class id (see builders)."""
+  if not found:
+    return
+  shown = ", ".join(label for _, label in found[:5])
+  more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+  logging.warning(
+      "%s: %d label(s) hold no valid class id once mapped to train ids (every pixel is 255 = "
+      "ignore): %s%s. Their images were kept but teach nothing; check that these are %s label-id "
+      "files (not colour images, not labels of another dataset).", name, len(found), shown,
+      more, name)
 
 
 def make_builder(name: str, data_dir: str, config=None):
@@ -149,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     directory = prepare(args.dataset, manual_dir=args.manual_dir, data_dir=args.data_dir,
                         config=config, overwrite=args.overwrite, progress=not args.no_progress)
-  except (manual.ManualDataError, manual.CorruptFileError, ValueError) as err:
+  except (manual.ManualDataError, manual.CorruptFileError, reader.DatasetNotPreparedError,
+          ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 1
   print(f"{args.dataset} is ready in {directory}")

@@ -5,6 +5,11 @@ labels stay PNG-encoded on disk and are decoded here with PIL, so reading needs 
 TensorFlow nor OpenCV. Each split also carries, from preparation time, which classes every
 image contains (for class-balanced sampling) and each label's size. Which datasets exist, their
 splits and generator parameters come from the catalogue (`ripu_jax.data.catalog`).
+
+A prepared folder whose metadata files (`METADATA_FILES`) are damaged, by a disk error, a
+partial copy or a hand edit, raises `DatasetNotPreparedError` naming the file and giving the
+command that prepares the dataset again (with --overwrite), rather than the JSON or protobuf
+error deep inside TFDS: the only fix is to prepare it again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import json
 import os
 import shlex
 import types
@@ -25,6 +31,8 @@ from ripu_jax.data import labels as labels_lib
 VERSION = "1.0.0"
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 DatasetNotPreparedError = catalog.DatasetNotPreparedError
+# The JSON files TFDS and the builders write into a prepared folder, all read on opening it.
+METADATA_FILES = ("dataset_info.json", "features.json", "metadata.json")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
@@ -47,8 +55,10 @@ def dataset_dir(name: str, data_dir: str | os.PathLike | None = None, config=Non
   return os.path.join(root, name, VERSION)
 
 
-def prepare_command(name: str, data_dir: str | os.PathLike | None, config=None) -> str:
-  """The shell command that prepares `name` into `data_dir`."""
+def prepare_command(name: str, data_dir: str | os.PathLike | None, config=None, *,
+                    overwrite: bool = False) -> str:
+  """The shell command that prepares `name` into `data_dir` (replacing what is there, if
+  `overwrite`)."""
   spec = check_name(name)
   parts = ["python", "-m", "ripu_jax.data.prepare", "--dataset", name]
   if not spec.generated:
@@ -60,7 +70,51 @@ def prepare_command(name: str, data_dir: str | os.PathLike | None, config=None) 
     for field in dataclasses.fields(config):
       if getattr(config, field.name) != getattr(defaults, field.name):
         parts += [f"--{field.name}", str(getattr(config, field.name))]
+  if overwrite:
+    parts.append("--overwrite")
   return " ".join(shlex.quote(p) for p in parts)
+
+
+def damaged_metadata(directory: str) -> str | None:
+  """Which metadata file of a prepared folder is damaged, and how ("<path> is not valid JSON
+  (...)"); None if each one present parses as a JSON object (TFDS may still reject what one
+  holds)."""
+  for filename in METADATA_FILES:
+    path = os.path.join(directory, filename)
+    if not os.path.isfile(path):
+      continue
+    try:
+      with open(path, "rb") as f:
+        value = json.loads(f.read().decode("utf-8"))
+    except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for binary garbage.
+      return f"{path} is not valid JSON ({err})"
+    except OSError as err:
+      return f"{path} cannot be read ({err})"
+    if not isinstance(value, dict):
+      return f"{path} holds a JSON {type(value).__name__} instead of an object"
+  return None
+
+
+def damaged_error(name: str, directory: str, error: BaseException | None = None, *,
+                  data_dir: str | os.PathLike | None = None, config=None,
+                  reason: str | None = None) -> DatasetNotPreparedError:
+  """The error for a prepared folder that cannot be read: names the damaged file (`reason`,
+  else found by `damaged_metadata`, else `error`) and gives the command that prepares the
+  dataset again over it."""
+  reason = reason or damaged_metadata(directory)
+  if reason is None:
+    reason = (f"TFDS cannot read the metadata files of {directory} "
+              f"({type(error).__name__}: {error})")
+  command = prepare_command(name, data_dir, config, overwrite=True)
+  return DatasetNotPreparedError(
+      f"The prepared {name} dataset is damaged: {reason}. Prepare it again; --overwrite "
+      f"replaces the damaged folder:\n  {command}")
+
+
+def metadata_errors() -> tuple[type[BaseException], ...]:
+  """What TFDS raises for damaged metadata: JSON, protobuf-JSON and value errors."""
+  from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
+  return (ValueError, KeyError, TypeError, AttributeError, json_format.Error)
 
 
 def decode_png(data: bytes | np.ndarray) -> np.ndarray:
@@ -89,30 +143,53 @@ class PreparedSplit:
   processes. `class_index[c]` lists the images containing stored id c.
   """
 
-  def __init__(self, name: str, split: str, directory: str):
+  def __init__(self, name: str, split: str, directory: str, *,
+               data_dir: str | os.PathLike | None = None, config=None):
+    """`data_dir` and `config` (as given to `open_split`) only make the prepare command in
+    error messages exact; by default data_dir is read off `directory`."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    spec = catalog.get(name)
     self.dataset_name = name
-    self.features = types.MappingProxyType(dict(catalog.get(name).features))
+    self.features = types.MappingProxyType(dict(spec.features))
     self.split = split
     self.directory = directory
-    builder = tfds.builder_from_directory(directory)
-    if split not in builder.info.splits:
-      raise ValueError(f"{name} has no split {split!r}; it has {sorted(builder.info.splits)}")
+    if data_dir is None:  # <data_dir>/<name>[/<config name>]/<version>
+      levels = 3 if spec.check_config(config) is not None else 2
+      data_dir = directory
+      for _ in range(levels):
+        data_dir = os.path.dirname(data_dir)
+
+    def damaged(error=None, reason=None):
+      return damaged_error(name, directory, error, data_dir=data_dir, config=config,
+                           reason=reason)
+
+    try:
+      builder = tfds.builder_from_directory(directory)
+      splits = builder.info.splits
+      metadata = builder.info.metadata or {}
+    except metadata_errors() as err:
+      raise damaged(err) from err
+    if split not in splits:
+      raise ValueError(f"{name} has no split {split!r}; it has {sorted(splits)}")
     skip = tfds.decode.SkipDecoding()
     self._source = builder.as_data_source(split, decoders={"image": skip, "label": skip})
-    metadata = builder.info.metadata or {}
+    metadata_file = os.path.join(directory, "metadata.json")
     if split not in metadata:
-      raise DatasetNotPreparedError(
-          f"{directory} lacks the per-class image index of split {split!r}; prepare it again "
-          f"with --overwrite: {prepare_command(name, os.path.dirname(os.path.dirname(directory)))}")
-    split_meta = metadata[split]
-    self._presence_bits = np.asarray(split_meta["class_presence"], np.int64)
-    self._label_shapes = np.asarray(split_meta["label_shapes"], np.int64).reshape(-1, 2)
-    self._pixel_counts = np.asarray(split_meta["pixel_counts"], np.int64)
-    if len(self._presence_bits) != len(self._source):
-      raise DatasetNotPreparedError(
-          f"{directory}: metadata lists {len(self._presence_bits)} examples but the split has "
-          f"{len(self._source)}; the folder is inconsistent, prepare it again with --overwrite")
+      raise damaged(reason=f"{metadata_file} lacks the per-class image index of split "
+                           f"{split!r}")
+    try:
+      split_meta = metadata[split]
+      self._presence_bits = np.asarray(split_meta["class_presence"], np.int64)
+      self._label_shapes = np.asarray(split_meta["label_shapes"], np.int64).reshape(-1, 2)
+      self._pixel_counts = np.asarray(split_meta["pixel_counts"], np.int64)
+    except (KeyError, TypeError, ValueError) as err:
+      raise damaged(reason=f"{metadata_file} holds a malformed index of split {split!r} "
+                           f"({type(err).__name__}: {err})") from err
+    indexed = (len(self._presence_bits) if self._presence_bits.ndim == 1 else -1,
+               len(self._label_shapes))
+    if indexed != (len(self._source),) * 2:
+      raise damaged(reason=f"{metadata_file} indexes {indexed[0]} examples of split {split!r} "
+                           f"but the split has {len(self._source)}")
 
   def __len__(self) -> int:
     return len(self._source)
@@ -190,7 +267,8 @@ def open_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     A `PreparedSplit`.
 
   Raises:
-    DatasetNotPreparedError: with the command that prepares the dataset.
+    DatasetNotPreparedError: with the command that prepares the dataset; for a prepared
+      folder that is damaged, it names the damaged file and the command has --overwrite.
   """
   spec = check_name(name)
   if split not in spec.splits:
@@ -209,4 +287,4 @@ def open_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
              f"layout if the files are missing), then run:\n  {command}")
     raise DatasetNotPreparedError(f"{name} is not prepared in {resolve_data_dir(data_dir)} "
                                   f"(no {directory}).\n{how}")
-  return PreparedSplit(name, split, directory)
+  return PreparedSplit(name, split, directory, data_dir=data_dir, config=config)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ripu_jax import losses
+from ripu_jax.errors import ConfigError
 from ripu_jax.image_ops import upsample_logits
 from ripu_jax.objectives import OBJECTIVES, Objective
 
@@ -74,7 +75,7 @@ class SourceFreeObjective(Objective):
   @classmethod
   def validate(cls, config) -> None:
     if config.active.kind == "none":
-      raise ValueError("invalid config: the source-free objective needs target labels "
+      raise ConfigError("invalid config: the source-free objective needs target labels "
                        "(active.kind 'ra', 'pa' or 'all')")
 
   def loss(self, model, batch):
