@@ -83,6 +83,8 @@ def main(argv):
   except KeyboardInterrupt:
     print(f"\nstopped (Ctrl-C). Rerun the same command to resume {_WORKDIR.value} from its last "
           "checkpoint.", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(130)  # pylint: disable=protected-access  (no tracebacks from worker threads)
   except errors.UserError as error:
     if _show_tracebacks():
