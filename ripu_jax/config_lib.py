@@ -202,6 +202,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.data.target in targets, f"data.target must be one of {targets}, got "
          f"{config.data.target!r}")
   for name in {config.data.source, config.data.target} & set(config.data.keys()):
+    if catalog.get(name).config_type is None:
+      continue  # options of a plug-in dataset's opener: it checks them itself
     options = {k: v for k, v in config.data[name].items() if k != "prepared"}
     try:  # a generated dataset's parameters (data.synthetic.*)
       catalog.get(name).config_from_options(options)
@@ -233,7 +235,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   acquirer = ACQUIRERS.get(kind)
   acquirer.validate(config)
   if "target" not in objective.domains:
-    _check(not acquirer(config.active).buys_target_labels,
+    _check(not acquirer(config).buys_target_labels,
            f"train.objective {objective_name!r} never uses target labels; set "
            "active.kind='none'")
   objective.validate(config)

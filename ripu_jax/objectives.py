@@ -8,6 +8,8 @@ An objective is the unit a method plugs in for training. It says
   build_state(model)      the `TrainState` it trains: the segmentation model, its optimizer
                           and any extra networks and optimizers (a selector, a
                           discriminator, a teacher), all saved whole by the checkpoints
+  initialize(state)       once, on a fresh run, after the model got its starting weights
+                          (`model.init_from`): e.g. copy them into an extra network
   train_step(state, b)    one update, traced: the trainer jits it once with the state
                           donated and calls it with a batch sharded over the devices; it
                           returns float32 scalar metrics including "total"
@@ -89,6 +91,9 @@ class Objective:
 
   def build_state(self, model: nnx.Module) -> TrainState:
     return TrainState(model, optimizer_for(model, self.config.optim))
+
+  def initialize(self, state: TrainState) -> None:
+    """Called once on a fresh run after the model's starting weights are in place."""
 
   def hooks(self) -> list:
     return []

@@ -104,7 +104,7 @@ class Trainer:
       group, name = field.split(".")
       sharding.check_divisible(field, config[group][name], self.mesh)
     self.objective = OBJECTIVES.get(config.train.objective)(config)
-    self.acquirer = ACQUIRERS.get(config.active.kind)(config.active)
+    self.acquirer = ACQUIRERS.get(config.active.kind)(config)
     self.hooks = list(self.objective.hooks()) + [
         hooks_lib.HOOKS.get(name)(config) for name in config.hooks]
     self.splits = build_splits(config)
@@ -163,6 +163,7 @@ class Trainer:
         finally:
           source_run.close()
         logging.info("model initialised from %s (step %d)", init_dir, init_step)
+      self.objective.initialize(self.state)
     state = jax.device_put(nnx.state(self.state), sharding.replicated(self.mesh))
     nnx.update(self.state, state)
 
@@ -260,9 +261,13 @@ class Trainer:
 
   # ------------------------------------------------------------------ selection
 
-  def predict(self, images: np.ndarray, outputs=("logits",)) -> dict[str, jax.Array]:
-    """The model's named outputs for a batch of images, in eval mode, on the mesh."""
-    model = self.state.model
+  def predict(self, images: np.ndarray, outputs=("logits",),
+              network: str = "model") -> dict[str, jax.Array]:
+    """Named outputs of a network of the train state for a batch of images, in eval mode."""
+    if network != "model" and network not in self.state.extra_names:
+      raise ValueError(f"the train state has no network {network!r}; it holds 'model' and "
+                       f"{list(self.state.extra_names)}")
+    model = getattr(self.state, network)
     model.eval()
     images = self._put(images)
     if tuple(outputs) == ("logits",):

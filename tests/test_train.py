@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from ripu_jax import config_lib
+from ripu_jax import registry
 from ripu_jax import train
 from ripu_jax.checkpoints import Checkpoints
 from ripu_jax.data import DatasetNotPreparedError
 from ripu_jax.metrics_log import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
 
 
 def load_config(name, arg=None):
@@ -43,14 +44,16 @@ def ledger_of(workdir):
   return Checkpoints(os.path.join(workdir, "checkpoints")).restore_ledger()
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("path", CONFIG_FILES,
+                         ids=lambda p: os.path.relpath(p, os.path.join(ROOT, "configs")))
 def test_every_config_loads_and_validates(path):
-  name = os.path.basename(path)[:-3]
+  name = os.path.relpath(path, os.path.join(ROOT, "configs"))[:-3]
   for arg in (None, "smoke"):
     config = load_config(name, arg)
+    registry.import_plugins(config.plugins)
     config_lib.validate(config)
-    assert "python -m ripu_jax.main --config configs/" + name in open(path).read()
-  if name != "demo":
+    assert "python -m ripu_jax.main --config configs/" + name + ".py" in open(path).read()
+  if not os.path.basename(name).startswith("demo"):
     real = load_config(name)
     assert real.optim.base_lr == 2.5e-4 and real.optim.max_iter == 62_500
     assert real.num_steps == 40_000 and real.train.batch_size == 2

@@ -2,7 +2,7 @@
 
 An acquirer owns one method's acquisition protocol end to end: when rounds run, what a
 round buys (squares around picked pixels, masks, whole frames) and how it picks. The
-trainer builds one from the `active` config group and calls:
+trainer builds one from the config (`ACQUIRERS.get(config.active.kind)(config)`) and calls:
 
   acquirer.round_steps               training steps before which a round runs (may be empty)
   acquirer.ledger_radii(label_shape) (label_radius, suppress_radius) for a new ledger
@@ -11,7 +11,8 @@ trainer builds one from the `active` config group and calls:
 
 The acquirer writes the ledger itself (`record`, `record_mask`, `record_frame`) and never
 sees the trainer, a model or a dataset: `RoundPool` hands it a fresh pass over the pool's
-batches and a prediction function returning the model's named outputs on device. Built-in
+batches and a prediction function returning the named outputs of a network of the train
+state (the model, or an extra network such as a selector) on device. Built-in
 members: "ra" and "pa" (RIPU's greedy rounds over a registered strategy), "all" (every
 target pixel labelled from the start: the supervised upper bound) and "none" (no target
 labels). Register more with `@ACQUIRERS.register("name")` on a subclass of `Acquirer`.
@@ -20,7 +21,7 @@ labels). Register more with `@ACQUIRERS.register("name")` on a subclass of `Acqu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -41,15 +42,16 @@ class RoundPool:
   batches(): a fresh pass over the pool; each batch is a dict with "image" (float
     [B, h, w, 3], normalised), "index" (int [B], image index in the pool), "label_size"
     (int [B, 2]) and "valid" (bool [B]; False on padding rows).
-  predict(images, outputs): the model's named outputs (e.g. ("logits",)) on device, in eval
-    mode, sharded over `mesh`.
+  predict(images, outputs, network="model"): named outputs (e.g. ("logits",)) of a network
+    of the train state ("model", or an extra such as "selector") on device, in eval mode,
+    sharded over `mesh`.
   """
   round_number: int
   seed: int
   batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
   num_batches: int
   name: Callable[[int], str]
-  predict: Callable[[np.ndarray, Sequence[str]], Mapping[str, jax.Array]]
+  predict: Callable[..., Mapping[str, jax.Array]]
   mesh: Any
   num_overlays: int = 0
   progress: Callable[..., Iterable] = lambda iterable, **_: iterable
@@ -87,8 +89,9 @@ class RoundResult:
 class Acquirer:
   """Base class: no rounds, nothing bought (the `none` acquirer)."""
 
-  def __init__(self, active):
-    self.active = active
+  def __init__(self, config):
+    self.config = config
+    self.active = config.active
 
   @classmethod
   def validate(cls, config) -> None:

@@ -1,0 +1,18 @@
+"""LabOR PPL (one point per predicted class and round, 40 points per image in total),
+GTAV -> Cityscapes, DeepLab-v2, on RIPU's protocol.
+
+  python -m ripu_jax.main --config configs/labor/gtav_ppl.py --workdir runs/labor_gtav_ppl \
+      --config.model.init_from=runs/gtav_source_only
+  python -m ripu_jax.main --config configs/labor/gtav_ppl.py:smoke --workdir /tmp/smoke   # seconds
+
+Starts from a finished source-only run (configs/gtav_source_only.py); labels are asked at
+RIPU's rounds (10k-18k). Needs the prepared datasets and weights/resnet101.npz (see README).
+"""
+
+from ripu_jax import config_lib
+from ripu_jax.methods.labor.config import labor_config
+
+
+def get_config(arg=None):
+  return config_lib.get_config_with_arg(
+      lambda: labor_config(config_lib.real_config("gtav"), "ppl"), arg)

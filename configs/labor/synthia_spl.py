@@ -1,0 +1,18 @@
+"""LabOR SPL (every pixel where the selector's heads disagree, about 2.2% of the pixels),
+SYNTHIA -> Cityscapes, DeepLab-v2, on RIPU's protocol.
+
+  python -m ripu_jax.main --config configs/labor/synthia_spl.py \
+      --workdir runs/labor_synthia_spl --config.model.init_from=runs/synthia_source_only
+  python -m ripu_jax.main --config configs/labor/synthia_spl.py:smoke --workdir /tmp/smoke   # seconds
+
+Starts from a finished source-only run (configs/synthia_source_only.py); labels are asked at
+RIPU's rounds (10k-18k). Needs the prepared datasets and weights/resnet101.npz (see README).
+"""
+
+from ripu_jax import config_lib
+from ripu_jax.methods.labor.config import labor_config
+
+
+def get_config(arg=None):
+  return config_lib.get_config_with_arg(
+      lambda: labor_config(config_lib.real_config("synthia"), "spl"), arg)

@@ -1,0 +1,35 @@
+"""LabOR's config group and the changes a LabOR config makes to a RIPU one."""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+PLUGIN = "ripu_jax.methods.labor"
+MODES = ("spl", "ppl")
+
+
+def labor_config(config: ml_collections.ConfigDict, mode: str) -> ml_collections.ConfigDict:
+  """Turns a RIPU config into LabOR's: objective "labor", acquirer "labor_<mode>".
+
+  Rounds stay RIPU's (active.round_steps; one round is the "ask once" reading); PPL's budget
+  is active.pixels (40 points per image at 1280x640, scaled with the image area).
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  config.plugins = tuple(config.plugins) + (PLUGIN,)
+  config.train.objective = "labor"
+  config.active.kind = f"labor_{mode}"
+  config.active.pixels = 40
+  config.labor = ml_collections.ConfigDict(dict(
+      share_backbone=False,  # True (heads on A's features) is not available yet
+      # SPL: None labels every inconsistent pixel (the paper); a fraction caps each image
+      # cumulatively, keeping the most discrepant pixels (e.g. 0.022 to meet RIPU-RA 2.2%).
+      spl_cap=config_dict.placeholder(float),
+      prototype_probs="model",  # PPL prototypes from A's softmax ("heads": (p1 + p2) / 2)
+      adversarial_weight=0.001,  # AdaptSeg's single-level weight
+      discrepancy_weight=1.0,  # MCD's classifier step
+      discriminator_lr=1e-4,  # Adam, betas (0.9, 0.99)
+      discriminator_channels=64,
+      iast_alpha=0.2, iast_beta=0.9, iast_gamma=8.0, iast_init=0.9))
+  return config
