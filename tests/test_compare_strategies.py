@@ -92,6 +92,14 @@ def test_configs_follow_the_protocol(tmp_path):
   with_source = compare.make_config(by_name["full_source"], 1, str(tmp_path), **kwargs)
   assert (with_source.active.kind, with_source.train.objective) == ("all", "ripu")
   assert with_source.model.init_from == ripu.model.init_from
+  capped = compare.make_config(by_name["labor_spl_2.2"], 1, str(tmp_path), **kwargs)
+  assert (capped.train.objective, capped.active.kind, capped.labor.spl_cap) == (
+      "labor", "labor_spl", 0.022)
+  assert tuple(capped.active.round_steps) == tuple(ripu.active.round_steps)
+  assert capped.model.init_from == ripu.model.init_from
+  assert compare.make_config(by_name["labor_spl"], 1, str(tmp_path), **kwargs).labor.spl_cap is None
+  points = compare.make_config(by_name["labor_ppl_40"], 1, str(tmp_path), **kwargs)
+  assert (points.active.kind, points.active.pixels) == ("labor_ppl", 40)
   strategies = {compare.make_config(s, 0, str(tmp_path), **kwargs).active.strategy
                 for s in compare.SETTINGS if "_ra_" in s.name}
   assert strategies == {"ripu", "random", "entropy", "confidence", "impurity", "uncertainty"}
@@ -156,7 +164,8 @@ def test_a_new_config_field_at_its_default_keeps_stored_runs(monkeypatch):
       "train.new_weight: 0.0 (default) stored vs 0.5 now"]
 
 
-@pytest.mark.parametrize("setting", [s.name for s in compare.SETTINGS])
+@pytest.mark.parametrize("setting", [s.name for s in compare.SETTINGS
+                                     if os.path.isdir(os.path.join(STORED_RUNS, "seed0", s.name))])
 def test_stored_benchmark_runs_match_the_protocol(setting, tmp_path):
   # A rerun on a workdir holding benchmarks/compare_strategies/runs reuses them, not refuses.
   for seed in (0, 1, 2):

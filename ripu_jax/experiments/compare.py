@@ -61,6 +61,7 @@ class Setting:
   label: str  # strategy as the table and the plot name it (one plot line per label)
   budget: str  # the budget in words
   overrides: tuple  # ((config field, value), ...) applied to the adaptation config
+  method: str = ""  # "labor_spl" / "labor_ppl": LabOR's objective and acquirer (its config)
 
 
 def _ra(strategy: str, ratio: float) -> tuple:
@@ -85,6 +86,11 @@ SETTINGS = (
         ("active.kind", "all"), ("train.objective", "source_free"),
         ("train.negative_weight", 0.0))),
     Setting("full_source", "full supervision + source", "100%", (("active.kind", "all"),)),
+    Setting("labor_spl_2.2", "LabOR SPL", "2.2% (capped segments)",
+            (("labor.spl_cap", 0.022),), method="labor_spl"),
+    Setting("labor_spl", "LabOR SPL (uncapped)", "inconsistent pixels", (), method="labor_spl"),
+    Setting("labor_ppl_40", "LabOR PPL", "40 pt at 1280x640", (("active.pixels", 40),),
+            method="labor_ppl"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -130,6 +136,11 @@ def make_config(setting: Setting, seed: int, workdir: str, *, source_steps: int,
   config.num_steps = config.optim.max_iter = steps
   config.checkpoint_every = max(1, steps // 4)
   config.eval.every = steps
+  if setting.method:
+    from ripu_jax import registry  # pylint: disable=g-import-not-at-top
+    from ripu_jax.methods.labor.config import labor_config  # pylint: disable=g-import-not-at-top
+    labor_config(config, setting.method.split("_", 1)[1])
+    registry.import_plugins(config.plugins)
   for field, value in setting.overrides:
     group, name = field.split(".")
     config[group][name] = value
