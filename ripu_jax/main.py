@@ -12,6 +12,7 @@ Ctrl-C stops the run with one line saying how to resume.
 
 import os
 import re
+import signal
 import sys
 
 from absl import app
@@ -70,6 +71,33 @@ def _parse_flags(argv):
   return argv
 
 
+_STOP_MESSAGE = ("\nstopped (Ctrl-C). Rerun the same command to resume {workdir} from its last "
+                 "checkpoint.")
+
+
+def _stop_now() -> None:
+  print(_STOP_MESSAGE.format(workdir=_WORKDIR.value), file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(130)  # pylint: disable=protected-access  (no tracebacks from worker threads)
+
+
+def _on_interrupt(signum, frame):
+  """Ctrl-C: KeyboardInterrupt wherever the main thread is; a second one leaves at once.
+
+  Being our own handler (not Python's default) also keeps asyncio, which orbax's saves run
+  on, from turning Ctrl-C into a task cancellation that a library could swallow.
+  """
+  del signum, frame
+  if _on_interrupt.seen:
+    _stop_now()
+  _on_interrupt.seen = True
+  raise KeyboardInterrupt
+
+
+_on_interrupt.seen = False
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -77,15 +105,12 @@ def main(argv):
     # Progress bars and one line per eval/round say what happens; library INFO logs
     # (orbax writes several per checkpoint) would drown them. --verbosity=0 shows them.
     logging.set_verbosity(logging.WARNING)
+  signal.signal(signal.SIGINT, _on_interrupt)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                              allow_config_change=tuple(_ALLOW.value))
   except KeyboardInterrupt:
-    print(f"\nstopped (Ctrl-C). Rerun the same command to resume {_WORKDIR.value} from its last "
-          "checkpoint.", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(130)  # pylint: disable=protected-access  (no tracebacks from worker threads)
+    _stop_now()
   except errors.UserError as error:
     if _show_tracebacks():
       raise

@@ -416,6 +416,13 @@ class Trainer:
     finally:
       self._lock.release()
 
+  def release(self) -> None:
+    """Leaves the workdir without waiting on pending saves (after an interrupt)."""
+    try:
+      self.log.close()
+    finally:
+      self._lock.release()
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: tuple[str, ...] = ()) -> dict | None:
@@ -426,8 +433,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   trainer = Trainer(config, workdir, allow_config_change=allow_config_change)
   try:
     summary = trainer.run()
-  finally:
+  except KeyboardInterrupt:
+    # Interrupted, maybe inside a save: waiting on the checkpoint manager could block for
+    # good. The last committed checkpoint is intact; a rerun resumes from it.
+    trainer.release()
+    raise
+  except BaseException:
     trainer.close()
+    raise
+  trainer.close()
   path = os.path.join(trainer.workdir, "final.json")
   if trainer.did_work or not os.path.exists(path):
     with open(path + ".tmp", "w") as f:
