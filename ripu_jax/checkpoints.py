@@ -53,7 +53,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from ripu_jax.errors import DamagedCheckpointError
+from ripu_jax.errors import DamagedCheckpointError, StateMismatchError
 from ripu_jax.ledger import LabelLedger
 
 MANIFEST = "checksums.json"
@@ -331,7 +331,7 @@ class Checkpoints:
                         what)
       return None
     self._check_layout(step)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
+    restored = self._restore_matching(step, "train state", ocp.args.Composite(
         model=ocp.args.StandardRestore(_abstract(nnx.state(state.model))),
         state=ocp.args.StandardRestore(_abstract(_rest(state))),
         progress=ocp.args.JsonRestore(),
@@ -367,10 +367,21 @@ class Checkpoints:
     step = self._readable(step)
     if step is None:
       raise self._none_intact()
-    restored = self._manager.restore(step, args=ocp.args.Composite(
+    restored = self._restore_matching(step, "model", ocp.args.Composite(
         model=ocp.args.StandardRestore(_abstract(nnx.state(model)))))
     nnx.update(model, restored.model)
     return step
+
+  def _restore_matching(self, step: int, what: str, args) -> Any:
+    """orbax's restore; a tree or shape that differs from this config's is one clear error."""
+    try:
+      return self._manager.restore(step, args=args)
+    except (ValueError, KeyError, TypeError) as error:
+      first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+      raise StateMismatchError(
+          f"the checkpoint {self.step_directory(step)} holds a {what} that does not fit the "
+          f"one this config builds (another class count, network, or method?): {first[:300]}. "
+          "Use the config that wrote it, or a fresh --workdir") from error
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -41,3 +41,7 @@ class NonFiniteError(UserError, FloatingPointError):
 
 class DamagedCheckpointError(UserError, RuntimeError):
   """A checkpoint's files do not match its checksums (or cannot be read)."""
+
+
+class StateMismatchError(UserError, ValueError):
+  """A checkpoint whose networks do not fit the ones the config builds."""

@@ -1,10 +1,14 @@
-"""Times the jitted RIPU training step (source + target batch, all four loss terms).
+"""Times a method's jitted training step (RIPU's by default: source + target batch).
 
 Prints the cold start (model construction + optimiser + tracing and compiling the step),
 the median seconds per step and the peak resident memory, and writes them as JSON.
+`--compare ripu,labor` times each objective in its own process (so each peak memory is its
+own), one after the other with the same sizes, and prints them side by side: what LabOR's
+extra networks (selector, discriminator) cost.
 
   python scripts/benchmark_train_step.py --height 256 --width 512 --dtype float32
   python scripts/benchmark_train_step.py --height 256 --width 512 --dtype bfloat16
+  python scripts/benchmark_train_step.py --height 256 --width 512 --compare ripu,labor
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
 from ripu_jax import config_lib
+from ripu_jax.methods.labor.config import labor_config
 from ripu_jax.models import build_model
 from ripu_jax.objectives import OBJECTIVES, TrainState
 from ripu_jax.optim import create_optimizer
@@ -39,7 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--batch", type=int, default=1, help="images per domain")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
-  parser.add_argument("--source-free", action="store_true")
+  parser.add_argument("--source-free", action="store_true",
+                      help="the same as --objective source_free")
+  parser.add_argument("--objective", choices=("ripu", "source_free", "labor"), default="ripu")
+  parser.add_argument("--compare", default=None,
+                      help="comma-separated objectives, each timed in its own process")
   parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/...)")
   return parser.parse_args(argv)
 
@@ -84,8 +94,45 @@ def make_batch(args: argparse.Namespace, seed: int = 0) -> dict[str, np.ndarray]
   }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def compare(args: argparse.Namespace, argv: list[str]) -> list[dict]:
+  """Times each objective of --compare in its own process; prints them side by side."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  names = [n.strip() for n in args.compare.split(",") if n.strip()]
+  passed = [f"--model={args.model}", f"--depth={args.depth}",
+            f"--width-multiplier={args.width_multiplier}", f"--num-classes={args.num_classes}",
+            f"--height={args.height}", f"--width={args.width}", f"--batch={args.batch}",
+            f"--dtype={args.dtype}", f"--steps={args.steps}"]
+  results = []
+  with tempfile.TemporaryDirectory() as directory:
+    for name in names:
+      output = os.path.join(directory, f"{name}.json")
+      subprocess.run([sys.executable, __file__, *passed, "--objective", name, "--output",
+                      output], check=True)
+      with open(output) as handle:
+        results.append(json.load(handle))
+  print(f"\n| objective | s/step (median of {args.steps}) | CPU s/step | cold start s | "
+        "peak RSS MiB | load |")
+  print("|---|---|---|---|---|---|")
+  for result in results:
+    print(f"| {result['objective']} | {result['seconds_per_step_median']:.2f} | "
+          f"{result['cpu_seconds_per_step_median']:.2f} | {result['cold_start_seconds']:.1f} | "
+          f"{result['peak_rss_mib']:.0f} | {result['load_average_1min']:.1f} |")
+  output = args.output or os.path.join(
+      "benchmarks", f"train_step_compare_{'_'.join(names)}_{args.height}x{args.width}.json")
+  os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+  with open(output, "w") as handle:
+    json.dump({"command": "python scripts/benchmark_train_step.py " + " ".join(argv),
+               "results": results}, handle, indent=2)
+  print(f"wrote {output}")
+  return results
+
+
+def main(argv: list[str] | None = None) -> dict | list[dict]:
+  argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
+  if args.compare:
+    return compare(args, argv)
   batch = make_batch(args)
   compile_timer = CompileTimer()
   start = time.perf_counter()
@@ -97,9 +144,23 @@ def main(argv: list[str] | None = None) -> dict:
       width_multiplier=args.width_multiplier,
       dtype=args.dtype,
   )
-  state = TrainState(model, create_optimizer(model))
-  objective = "source_free" if args.source_free else "ripu"
-  step = OBJECTIVES.get(objective)(config_lib.base_config()).make_step()
+  objective_name = "source_free" if args.source_free else args.objective
+  config = config_lib.base_config()
+  if objective_name == "labor":
+    config = labor_config(config, "spl")
+    config.model.name, config.model.dtype = args.model, args.dtype
+    config.model.kwargs = ml_collections.ConfigDict(dict(
+        depth=args.depth, width_multiplier=args.width_multiplier))
+    if args.num_classes != config_lib.num_classes(config):
+      raise SystemExit(f"--objective labor builds its selector for the config's "
+                       f"{config_lib.num_classes(config)} classes; drop --num-classes")
+  objective = OBJECTIVES.get(objective_name)(config)
+  if objective_name == "labor":
+    state = objective.build_state(model)
+    objective.initialize(state)
+  else:
+    state = TrainState(model, create_optimizer(model))
+  step = objective.make_step()
   built = time.perf_counter()
   compile_timer.active = True
   metrics = step(state, batch)
@@ -123,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
       "height": args.height,
       "width": args.width,
       "batch_per_domain": args.batch,
-      "source_free": args.source_free,
+      "source_free": objective_name == "source_free",
+      "objective": objective_name,
       "build_seconds": built - start,
       "compile_seconds": compile_seconds,
       "compile_breakdown_seconds": compile_timer.seconds,
@@ -142,8 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
       "cpu_count": os.cpu_count(),
       "machine": platform.machine(),
   }
-  print(f"model {args.model} depth {args.depth} {args.dtype} {args.height}x{args.width}, "
-        f"batch {args.batch} source + {args.batch} target")
+  print(f"{objective_name}: model {args.model} depth {args.depth} {args.dtype} "
+        f"{args.height}x{args.width}, batch {args.batch} source + {args.batch} target")
   print(f"cold start (build + compile): {cold_start:.2f} s (build {built - start:.2f} s, "
         f"trace + lower + compile {compile_seconds:.2f} s); first step done after "
         f"{first_result:.2f} s")
@@ -152,8 +214,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"(CPU seconds {result['cpu_seconds_per_step_median']:.2f} on {os.cpu_count()} cores, "
           f"load average {result['load_average_1min']:.2f})")
   print(f"peak RSS: {result['peak_rss_mib']:.0f} MiB")
+  suffix = "" if objective_name == "ripu" else f"_{objective_name}"
   output = args.output or os.path.join(
-      "benchmarks", f"train_step_{args.model}_{args.dtype}_{args.height}x{args.width}.json")
+      "benchmarks",
+      f"train_step_{args.model}_{args.dtype}_{args.height}x{args.width}{suffix}.json")
   os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
   with open(output, "w") as handle:
     json.dump(result, handle, indent=2)

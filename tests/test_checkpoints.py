@@ -275,3 +275,29 @@ def test_corrupted_newest_checkpoint_reruns_to_the_same_result(tmp_path, warning
   assert (Checkpoints(directory, read_only=True).restore_ledger()
           == Checkpoints(os.path.join(reference, "checkpoints"), read_only=True).restore_ledger())
   assert json.load(open(os.path.join(workdir, "final.json")))["step"] == 10
+
+
+def test_a_checkpoint_of_another_class_count_is_one_clear_error(tmp_path):
+  """E.g. a selector or model saved with 16 classes restored into a 19-class config."""
+  from ripu_jax import errors  # pylint: disable=g-import-not-at-top
+  from ripu_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  from ripu_jax.objectives import TrainState  # pylint: disable=g-import-not-at-top
+  from ripu_jax import optim as optim_lib  # pylint: disable=g-import-not-at-top
+  from ripu_jax.ledger import LabelLedger as Ledger  # pylint: disable=g-import-not-at-top
+
+  def state_with(classes):
+    model = models_lib.DeepLabV2(classes, blocks=(1, 1, 1, 1), width_multiplier=1 / 16,
+                                 rngs=nnx.Rngs(0))
+    return TrainState(model, optim_lib.create_optimizer(model))
+
+  directory = str(tmp_path / "checkpoints")
+  checkpoints = Checkpoints(directory)
+  checkpoints.save(1, state=state_with(3), ledger=Ledger([(8, 8)], label_radius=1,
+                                                         suppress_radius=2), progress={})
+  checkpoints.close()
+  for restore in (lambda c: c.restore(state=state_with(4)),
+                  lambda c: c.restore_model(state_with(4).model)):
+    reader = Checkpoints(directory)
+    with pytest.raises(errors.StateMismatchError, match="another class count"):
+      restore(reader)
+    reader.close()
