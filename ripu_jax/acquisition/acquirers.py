@@ -137,7 +137,29 @@ class AllLabels(Acquirer):
       ledger.record_frame(0, index)
 
 
-class GreedyRounds(Acquirer):
+class ScheduledRounds(Acquirer):
+  """Base of acquirers whose rounds run at active.round_steps over active.batch_size images."""
+
+  @classmethod
+  def validate(cls, config) -> None:
+    active = config.active
+    steps = tuple(active.round_steps)
+    if not steps:
+      raise _invalid("active.round_steps must list at least one step")
+    if list(steps) != sorted(set(steps)) or steps[0] < 0:
+      raise _invalid(f"active.round_steps must be distinct, increasing and >= 0, got {steps}")
+    if steps[-1] >= config.num_steps:
+      raise _invalid(f"active.round_steps {steps} must come before num_steps "
+                     f"({config.num_steps})")
+    if active.batch_size < 1:
+      raise _invalid("active.batch_size must be >= 1")
+
+  @property
+  def round_steps(self) -> tuple[int, ...]:
+    return tuple(int(s) for s in self.active.round_steps)
+
+
+class GreedyRounds(ScheduledRounds):
   """RIPU's rounds: a strategy scores every pixel, the exact greedy picks squares.
 
   Reads active.strategy, active.radius (k), active.round_steps and the budget
@@ -155,20 +177,7 @@ class GreedyRounds(Acquirer):
                      "its module in --config.plugins")
     if active.radius < 0:
       raise _invalid(f"active.radius must be >= 0, got {active.radius}")
-    steps = tuple(active.round_steps)
-    if not steps:
-      raise _invalid("active.round_steps must list at least one step")
-    if list(steps) != sorted(set(steps)) or steps[0] < 0:
-      raise _invalid(f"active.round_steps must be distinct, increasing and >= 0, got {steps}")
-    if steps[-1] >= config.num_steps:
-      raise _invalid(f"active.round_steps {steps} must come before num_steps "
-                     f"({config.num_steps})")
-    if active.batch_size < 1:
-      raise _invalid("active.batch_size must be >= 1")
-
-  @property
-  def round_steps(self) -> tuple[int, ...]:
-    return tuple(int(s) for s in self.active.round_steps)
+    super().validate(config)
 
   def plan(self, label_shape: tuple[int, int]) -> RoundPlan:
     active = self.active

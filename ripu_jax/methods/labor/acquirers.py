@@ -36,8 +36,8 @@ import numpy as np
 
 from ripu_jax import image_ops
 from ripu_jax.acquisition import budgets
-from ripu_jax.acquisition.acquirers import (ACQUIRERS, Acquirer, ImageRecord, Overlay,
-                                            RoundPool, RoundResult)
+from ripu_jax.acquisition.acquirers import (ACQUIRERS, ImageRecord, Overlay, RoundPool,
+                                            RoundResult, ScheduledRounds)
 from ripu_jax.errors import ConfigError
 from ripu_jax.methods.labor import selection
 
@@ -121,7 +121,7 @@ def _bucket(count: int) -> int:
   return max(64, 1 << max(count - 1, 0).bit_length())
 
 
-class LaborRounds(Acquirer):
+class LaborRounds(ScheduledRounds):
   """Rounds at active.round_steps; each buys, per image, from the heads' inconsistency mask."""
   kind = ""  # "labor_spl" or "labor_ppl"
   unit = ""
@@ -133,22 +133,8 @@ class LaborRounds(Acquirer):
 
   @classmethod
   def validate(cls, config) -> None:
-    active = config.active
-    steps = tuple(active.round_steps)
-    if not steps:
-      raise _invalid("active.round_steps must list at least one step")
-    if list(steps) != sorted(set(steps)) or steps[0] < 0:
-      raise _invalid(f"active.round_steps must be distinct, increasing and >= 0, got {steps}")
-    if steps[-1] >= config.num_steps:
-      raise _invalid(f"active.round_steps {steps} must come before num_steps "
-                     f"({config.num_steps})")
-    if active.batch_size < 1:
-      raise _invalid("active.batch_size must be >= 1")
+    super().validate(config)
     LaborOptions.from_config(config).check(config)
-
-  @property
-  def round_steps(self) -> tuple[int, ...]:
-    return tuple(int(s) for s in self.active.round_steps)
 
   def ledger_radii(self, label_shape: tuple[int, int]) -> tuple[int, int]:
     del label_shape
