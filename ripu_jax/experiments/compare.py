@@ -11,7 +11,9 @@ images are the same for every seed):
      pixel per image and round, the 40-pixel budget scaled to 128x256, k scaled with it from
      the released 32 to 4); `full` is cross-entropy on every target pixel alone, and
      `full_source` RIPU's objective (source data included) with every target pixel labelled
-     (active.kind "all"): the two upper bounds.
+     (active.kind "all"): the two upper bounds. LabOR's settings (`labor_spl_2.2`: SPL capped
+     at RIPU-RA's 2.2%, `labor_spl`: uncapped, `labor_ppl_40`: PPL against RIPU-PA) train
+     LabOR's objective from the same source-only model, with the same rounds.
   Every setting sees the same number of steps; only what it may learn from on the target differs.
 
 Every run lives in `workdir/seed<s>/<setting>/` (a normal trainer workdir). A finished run
