@@ -168,7 +168,9 @@ def test_a_new_config_field_at_its_default_keeps_stored_runs(monkeypatch):
                                      if os.path.isdir(os.path.join(STORED_RUNS, "seed0", s.name))])
 def test_stored_benchmark_runs_match_the_protocol(setting, tmp_path):
   # A rerun on a workdir holding benchmarks/compare_strategies/runs reuses them, not refuses.
-  for seed in (0, 1, 2):
+  seeds = [seed for seed in (0, 1, 2)
+           if os.path.isdir(os.path.join(STORED_RUNS, f"seed{seed}", setting))]
+  for seed in seeds:
     config = compare.make_config(compare.SETTINGS_BY_NAME[setting], seed, str(tmp_path),
                                  source_steps=600, adapt_steps=600)
     assert compare.protocol_differences(stored_config(seed, setting),
