@@ -21,7 +21,7 @@ labels). Register more with `@ACQUIRERS.register("name")` on a subclass of `Acqu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -158,6 +158,18 @@ class ScheduledRounds(Acquirer):
   def round_steps(self) -> tuple[int, ...]:
     return tuple(int(s) for s in self.active.round_steps)
 
+  @staticmethod
+  def pool_batches(pool: RoundPool) -> Iterator[tuple[Mapping[str, np.ndarray], tuple[int, int]]]:
+    """(batch, label size) over one pass of the pool, with a progress bar; a round scores a
+    batch at one label size, so a batch mixing sizes raises with the fix."""
+    for batch in pool.progress(pool.batches(), total=pool.num_batches,
+                               desc=f"round {pool.round_number}"):
+      sizes = {tuple(int(v) for v in size) for size in batch["label_size"]}
+      if len(sizes) != 1:
+        raise ValueError(f"target images of one selection batch have different label sizes "
+                         f"{sorted(sizes)}; set --config.active.batch_size={pool.mesh.size}")
+      yield batch, sizes.pop()
+
 
 class GreedyRounds(ScheduledRounds):
   """RIPU's rounds: a strategy scores every pixel, the exact greedy picks squares.
@@ -194,14 +206,7 @@ class GreedyRounds(ScheduledRounds):
     strategy = strategies_lib.get_strategy(name)
     inputs = strategies_lib.model_outputs(strategy)
     images, overlays = [], []
-    devices = pool.mesh.size
-    for batch in pool.progress(pool.batches(), total=pool.num_batches,
-                               desc=f"round {pool.round_number}"):
-      sizes = {tuple(int(v) for v in size) for size in batch["label_size"]}
-      if len(sizes) != 1:
-        raise ValueError(f"target images of one selection batch have different label sizes "
-                         f"{sorted(sizes)}; set --config.active.batch_size={devices}")
-      label_size = sizes.pop()
+    for batch, label_size in self.pool_batches(pool):
       plan = self.plan(label_size)
       indices = [int(i) for i in batch["index"]]
       names = [pool.name(i) for i in indices]

@@ -182,14 +182,7 @@ class LaborRounds(ScheduledRounds):
 
   def run_round(self, pool: RoundPool, ledger) -> RoundResult:
     images, overlays = [], []
-    devices = pool.mesh.size
-    for batch in pool.progress(pool.batches(), total=pool.num_batches,
-                               desc=f"round {pool.round_number}"):
-      sizes = {tuple(int(v) for v in size) for size in batch["label_size"]}
-      if len(sizes) != 1:
-        raise ValueError(f"target images of one selection batch have different label sizes "
-                         f"{sorted(sizes)}; set --config.active.batch_size={devices}")
-      label_size = sizes.pop()
+    for batch, label_size in self.pool_batches(pool):
       rows = np.flatnonzero(batch["valid"])
       if not len(rows):
         continue
