@@ -308,7 +308,7 @@ class Checkpoints:
   def _check_layout(self, step: int) -> None:
     items = set(self._manager.item_metadata(step).keys())
     if "state" not in items:
-      raise ValueError(
+      raise StateMismatchError(
           f"the checkpoint {self.directory}/{step} was written by an earlier ripu_jax (items "
           f"{sorted(items)}; this version saves the whole train state as 'model' + 'state') "
           "and cannot be resumed. Start the run again in a fresh --workdir; to start from its "
@@ -377,11 +377,11 @@ class Checkpoints:
     try:
       return self._manager.restore(step, args=args)
     except (ValueError, KeyError, TypeError) as error:
-      first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
       raise StateMismatchError(
           f"the checkpoint {self.step_directory(step)} holds a {what} that does not fit the "
-          f"one this config builds (another class count, network, or method?): {first[:300]}. "
-          "Use the config that wrote it, or a fresh --workdir") from error
+          f"one this config builds (another class count, network, or method?): "
+          f"{_first_line(error)}. Use the config that wrote it, or a fresh --workdir"
+      ) from error
 
   def close(self) -> None:
     self._manager.wait_until_finished()
