@@ -35,7 +35,26 @@ BASIC_DEPTHS = (18, 34)  # torchvision builds these from BasicBlock, the others 
 EXPANSION = 4  # Bottleneck's output channels per plane.
 
 
-class Bottleneck(nnx.Module):
+class _ResidualBlock(nnx.Module):
+  """What both block types share: the optional projection shortcut and the residual sum."""
+
+  def _shortcut(self, in_features: int, out_features: int, *, stride: int, downsample: bool,
+                eps: float, dtype: Any, rngs: nnx.Rngs) -> None:
+    if downsample:
+      self.downsample_conv = Conv(
+          in_features, out_features, 1, stride=stride, dtype=dtype, rngs=rngs)
+      self.downsample_bn = FrozenBatchNorm(out_features, eps=eps, dtype=dtype)
+    else:
+      self.downsample_conv = None
+      self.downsample_bn = None
+
+  def _add_residual(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    if self.downsample_conv is not None:
+      x = self.downsample_bn(self.downsample_conv(x))
+    return jax.nn.relu(y + x)
+
+
+class Bottleneck(_ResidualBlock):
   """torchvision's Bottleneck (stride on the 3x3 conv, "ResNet v1.5")."""
 
   expansion = EXPANSION
@@ -62,24 +81,16 @@ class Bottleneck(nnx.Module):
     self.bn2 = FrozenBatchNorm(planes, eps=eps, dtype=dtype)
     self.conv3 = Conv(planes, out_features, 1, dtype=dtype, rngs=rngs)
     self.bn3 = FrozenBatchNorm(out_features, weight_init=residual_gamma, eps=eps, dtype=dtype)
-    if downsample:
-      self.downsample_conv = Conv(
-          in_features, out_features, 1, stride=stride, dtype=dtype, rngs=rngs)
-      self.downsample_bn = FrozenBatchNorm(out_features, eps=eps, dtype=dtype)
-    else:
-      self.downsample_conv = None
-      self.downsample_bn = None
+    self._shortcut(in_features, out_features, stride=stride, downsample=downsample, eps=eps,
+                   dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jax.nn.relu(self.bn1(self.conv1(x)))
     y = jax.nn.relu(self.bn2(self.conv2(y)))
-    y = self.bn3(self.conv3(y))
-    if self.downsample_conv is not None:
-      x = self.downsample_bn(self.downsample_conv(x))
-    return jax.nn.relu(y + x)
+    return self._add_residual(x, self.bn3(self.conv3(y)))
 
 
-class BasicBlock(nnx.Module):
+class BasicBlock(_ResidualBlock):
   """torchvision's BasicBlock: two 3x3 convs (stride on the first), expansion 1.
 
   torchvision rejects dilation > 1 here; this one applies the block's dilation to both
@@ -108,19 +119,12 @@ class BasicBlock(nnx.Module):
     self.bn1 = FrozenBatchNorm(planes, eps=eps, dtype=dtype)
     self.conv2 = Conv(planes, planes, 3, dilation=dilation, dtype=dtype, rngs=rngs)
     self.bn2 = FrozenBatchNorm(planes, weight_init=residual_gamma, eps=eps, dtype=dtype)
-    if downsample:
-      self.downsample_conv = Conv(in_features, planes, 1, stride=stride, dtype=dtype, rngs=rngs)
-      self.downsample_bn = FrozenBatchNorm(planes, eps=eps, dtype=dtype)
-    else:
-      self.downsample_conv = None
-      self.downsample_bn = None
+    self._shortcut(in_features, planes, stride=stride, downsample=downsample, eps=eps,
+                   dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jax.nn.relu(self.bn1(self.conv1(x)))
-    y = self.bn2(self.conv2(y))
-    if self.downsample_conv is not None:
-      x = self.downsample_bn(self.downsample_conv(x))
-    return jax.nn.relu(y + x)
+    return self._add_residual(x, self.bn2(self.conv2(y)))
 
 
 def _scaled(channels: int, width_multiplier: float) -> int:
