@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import nnx
 
 from ripu_jax import losses
@@ -77,6 +78,13 @@ class SourceFreeObjective(Objective):
     if config.active.kind == "none":
       raise ConfigError("invalid config: the source-free objective needs target labels "
                        "(active.kind 'ra', 'pa' or 'all')")
+
+  def initialize(self, state) -> None:
+    del state
+    if not self.config.model.init_from:
+      logging.warning("source-free training without model.init_from starts from ImageNet "
+                      "(or random) weights; the method starts from a source-only run: "
+                      "--config.model.init_from=WORKDIR_OF_A_SOURCE_ONLY_RUN")
 
   def loss(self, model, batch):
     train = self.config.train
