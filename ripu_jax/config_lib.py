@@ -183,8 +183,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.num_steps >= 1, f"num_steps must be >= 1, got {config.num_steps}")
   for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
     _check(config[name] >= 1, f"{name} must be >= 1, got {config[name]}")
-  _check(isinstance(tuple(config.plugins), tuple) and all(
-      isinstance(p, str) for p in config.plugins), "plugins must be a tuple of module names")
+  _check(not isinstance(config.plugins, str) and all(isinstance(p, str) for p in config.plugins),
+         f"plugins must be a tuple of module names, got {config.plugins!r}")
   objective_name = config.train.objective
   _check(objective_name in OBJECTIVES, f"train.objective must be one of "
          f"{OBJECTIVES.names()}, got {objective_name!r}{PLUGIN_HINT}")

@@ -113,12 +113,13 @@ class Trainer:
                        for domain in ("source", "target") if config.data[domain]}
     shapes = _label_shapes(self.splits.target_train)
     model = build_model(config)
-    if config.model.init_from and not _has_steps(os.path.join(self.workdir, "checkpoints")):
-      init_dir = os.path.join(os.path.expanduser(config.model.init_from), "checkpoints")
-      if not _has_steps(init_dir):
-        raise MissingFileError(
-            f"model.init_from={config.model.init_from!r} holds no checkpoint ({init_dir}); give "
-            "the workdir of a finished run (e.g. a source-only run)")
+    self._init_dir = (os.path.join(os.path.expanduser(config.model.init_from), "checkpoints")
+                      if config.model.init_from else None)
+    if (self._init_dir and not _has_steps(os.path.join(self.workdir, "checkpoints"))
+        and not _has_steps(self._init_dir)):
+      raise MissingFileError(
+          f"model.init_from={config.model.init_from!r} holds no checkpoint ({self._init_dir}); "
+          "give the workdir of a finished run (e.g. a source-only run)")
 
     created = not os.path.isdir(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
@@ -155,14 +156,13 @@ class Trainer:
       self.ledger = LabelLedger(shapes, label_radius=label_radius,
                                 suppress_radius=suppress_radius)
       self.acquirer.start(self.ledger)
-      if config.model.init_from:
-        init_dir = os.path.join(os.path.expanduser(config.model.init_from), "checkpoints")
-        source_run = Checkpoints(init_dir, read_only=True)
+      if self._init_dir:
+        source_run = Checkpoints(self._init_dir, read_only=True)
         try:
           init_step = source_run.restore_model(self.state.model)
         finally:
           source_run.close()
-        logging.info("model initialised from %s (step %d)", init_dir, init_step)
+        logging.info("model initialised from %s (step %d)", self._init_dir, init_step)
       self.objective.initialize(self.state)
     state = jax.device_put(nnx.state(self.state), sharding.replicated(self.mesh))
     nnx.update(self.state, state)
