@@ -13,7 +13,12 @@ images are the same for every seed):
      `full_source` RIPU's objective (source data included) with every target pixel labelled
      (active.kind "all"): the two upper bounds. LabOR's settings (`labor_spl_2.2`: SPL capped
      at RIPU-RA's 2.2%, `labor_spl`: uncapped, `labor_ppl_40`: PPL against RIPU-PA) train
-     LabOR's objective from the same source-only model, with the same rounds.
+     LabOR's objective from the same source-only model, with the same number of rounds at the
+     same spacing, shifted one interval later: LabOR's selector B starts with a fresh second
+     head that disagrees with the first almost everywhere, so a round at step 0 would buy
+     pixels picked by an untrained selector (uncapped, 72% of the image; capped, A's most
+     confident pixels). The interval before the first round is LabOR's warm-up, as the real-data
+     schedule trains B for 10k steps before its first round.
   Every setting sees the same number of steps; only what it may learn from on the target differs.
 
 Every run lives in `workdir/seed<s>/<setting>/` (a normal trainer workdir). A finished run
@@ -64,6 +69,7 @@ class Setting:
   budget: str  # the budget in words
   overrides: tuple  # ((config field, value), ...) applied to the adaptation config
   method: str = ""  # "labor_spl" / "labor_ppl": LabOR's objective and acquirer (its config)
+  warmup_rounds: int = 0  # round intervals trained before the first round (LabOR's warm-up)
 
 
 def _ra(strategy: str, ratio: float) -> tuple:
@@ -89,10 +95,10 @@ SETTINGS = (
         ("train.negative_weight", 0.0))),
     Setting("full_source", "full supervision + source", "100%", (("active.kind", "all"),)),
     Setting("labor_spl_2.2", "LabOR SPL", "2.2% (capped segments)",
-            (("labor.spl_cap", 0.022),), method="labor_spl"),
-    Setting("labor_spl", "LabOR SPL (uncapped)", "inconsistent pixels", (), method="labor_spl"),
+            (("labor.spl_cap", 0.022),), method="labor_spl", warmup_rounds=1),
+    Setting("labor_spl", "LabOR SPL (uncapped)", "inconsistent pixels", (), method="labor_spl", warmup_rounds=1),
     Setting("labor_ppl_40", "LabOR PPL", "40 pt at 1280x640", (("active.pixels", 40),),
-            method="labor_ppl"),
+            method="labor_ppl", warmup_rounds=1),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -134,7 +140,7 @@ def make_config(setting: Setting, seed: int, workdir: str, *, source_steps: int,
     config.model.init_from = run_dir(workdir, seed, SOURCE_ONLY)
     steps = adapt_steps
     every = max(1, adapt_steps // 10)
-    config.active.round_steps = tuple(every * r for r in range(ROUNDS))
+    config.active.round_steps = tuple(every * (setting.warmup_rounds + r) for r in range(ROUNDS))
   config.num_steps = config.optim.max_iter = steps
   config.checkpoint_every = max(1, steps // 4)
   config.eval.every = steps
@@ -408,8 +414,10 @@ def run_comparison(workdir: str, seeds: Sequence[int], settings: Sequence[Settin
   `settings` as `resolve_settings` gives them (source_only first). Finished runs are read
   back, interrupted ones resumed; the outputs are rewritten after every run.
   """
-  if source_steps < 1 or adapt_steps < ROUNDS:
-    raise ValueError(f"source_steps must be >= 1 and adapt_steps >= {ROUNDS} ({ROUNDS} rounds), "
+  intervals = ROUNDS + max(s.warmup_rounds for s in settings)  # each round needs a step
+  if source_steps < 1 or adapt_steps < intervals:
+    raise ValueError(f"source_steps must be >= 1 and adapt_steps >= {intervals} ({ROUNDS} rounds"
+                     f"{' after a warm-up' if intervals > ROUNDS else ''}), "
                      f"got {source_steps} and {adapt_steps}")
   os.makedirs(workdir, exist_ok=True)
   runs = [(seed, setting) for seed in seeds for setting in settings]
