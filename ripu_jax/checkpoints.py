@@ -358,17 +358,24 @@ class Checkpoints:
         ledger=ocp.args.StandardRestore(target)))
     return LabelLedger.from_state(dict(restored.ledger))
 
-  def restore_model(self, model: nnx.Module, *, step: int | None = None) -> int:
+  def restore_model(self, model: nnx.Module, *, step: int | None = None,
+                    may_lack: tuple[str, ...] = ()) -> int:
     """Loads only the model of the newest intact (or given) checkpoint; returns its step.
 
     For starting another run from this one: never moves a damaged checkpoint; falls back
-    past damaged ones with a warning.
+    past damaged ones with a warning. Top-level parts of `model` named in `may_lack` (e.g.
+    heads a method adds to a plain model) keep their values when the checkpoint has none.
     """
     step = self._readable(step)
     if step is None:
       raise self._none_intact()
+    target = nnx.state(model)
+    if may_lack:
+      saved = self._manager.item_metadata(step)["model"]
+      target = nnx.State({key: value for key, value in target.items()
+                          if key in saved or key not in may_lack})
     restored = self._restore_matching(step, "model", ocp.args.Composite(
-        model=ocp.args.StandardRestore(_abstract(nnx.state(model)))))
+        model=ocp.args.StandardRestore(_abstract(target))))
     nnx.update(model, restored.model)
     return step
 

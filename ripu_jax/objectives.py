@@ -10,6 +10,10 @@ An objective is the unit a method plugs in for training. It says
                           discriminator, a teacher), all saved whole by the checkpoints
   initialize(state)       once, on a fresh run, after the model got its starting weights
                           (`model.init_from`): e.g. copy them into an extra network
+  model_kwargs()          constructor arguments it adds to config.model.kwargs (e.g. extra
+                          heads on the model); `init_from_may_lack()` names the model's
+                          top-level parts a `model.init_from` checkpoint may lack (they
+                          keep their fresh initialisation, for `initialize` to set)
   train_step(state, b)    one update, traced: the trainer jits it once with the state
                           donated and calls it with a batch sharded over the devices; it
                           returns float32 scalar metrics including "total"
@@ -33,6 +37,7 @@ import optax
 from flax import nnx
 
 from ripu_jax import optim
+from ripu_jax.errors import ConfigError
 from ripu_jax.registry import Registry
 
 DOMAINS = ("source", "target")
@@ -95,6 +100,15 @@ class Objective:
   def initialize(self, state: TrainState) -> None:
     """Called once on a fresh run after the model's starting weights are in place."""
 
+  def model_kwargs(self) -> dict[str, Any]:
+    """Constructor arguments this objective adds to config.model.kwargs (e.g. extra heads)."""
+    return {}
+
+  def init_from_may_lack(self) -> tuple[str, ...]:
+    """Top-level parts of the model (e.g. "aux_heads") that a `model.init_from` checkpoint
+    may lack: parts this objective adds to a plain model."""
+    return ()
+
   def hooks(self) -> list:
     return []
 
@@ -126,3 +140,20 @@ class Objective:
 
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+
+
+def model_kwargs(config) -> dict[str, Any]:
+  """The model's constructor arguments: config.model.kwargs plus what the objective adds.
+
+  Raises ConfigError when the config sets one of the objective's to another value.
+  """
+  own = config.model.kwargs.to_dict()
+  objective = config.train.objective
+  added = OBJECTIVES.get(objective)(config).model_kwargs()
+  for key, value in added.items():
+    if key in own and own[key] != value:
+      raise ConfigError(
+          f"invalid config: model.kwargs.{key}={own[key]!r}, but train.objective "
+          f"{objective!r} builds the model with {key}={value!r} with this config; drop "
+          f"--config.model.kwargs.{key}")
+  return {**own, **added}

@@ -35,6 +35,7 @@ from ripu_jax import exports
 from ripu_jax import hooks as hooks_lib
 from ripu_jax import methods  # noqa: F401  (registers the built-in methods)
 from ripu_jax import models
+from ripu_jax import objectives
 from ripu_jax import optim
 from ripu_jax import registry
 from ripu_jax import sharding
@@ -70,7 +71,7 @@ def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
   return models.build_model(
       config.model.name, config_lib.num_classes(config), rngs=nnx.Rngs(config.seed),
       pretrained=os.path.expanduser(pretrained) if pretrained else None,
-      dtype=config.model.dtype, **config.model.kwargs.to_dict())
+      dtype=config.model.dtype, **objectives.model_kwargs(config))
 
 
 def _has_steps(directory: str) -> bool:
@@ -159,7 +160,8 @@ class Trainer:
       if self._init_dir:
         source_run = Checkpoints(self._init_dir, read_only=True)
         try:
-          init_step = source_run.restore_model(self.state.model)
+          init_step = source_run.restore_model(
+              self.state.model, may_lack=self.objective.init_from_may_lack())
         finally:
           source_run.close()
         logging.info("model initialised from %s (step %d)", self._init_dir, init_step)

@@ -2,13 +2,14 @@
 
 Prints the cold start (model construction + optimiser + tracing and compiling the step),
 the median seconds per step and the peak resident memory, and writes them as JSON.
-`--compare ripu,labor` times each objective in its own process (so each peak memory is its
-own), one after the other with the same sizes, and prints them side by side: what LabOR's
-extra networks (selector, discriminator) cost.
+`--compare ripu,labor,labor_shared` times each objective in its own process (so each peak
+memory is its own), one after the other with the same sizes, and prints them side by side:
+what LabOR's extra networks (selector, discriminator) cost, and what sharing A's backbone
+(labor.share_backbone) saves.
 
   python scripts/benchmark_train_step.py --height 256 --width 512 --dtype float32
   python scripts/benchmark_train_step.py --height 256 --width 512 --dtype bfloat16
-  python scripts/benchmark_train_step.py --height 256 --width 512 --compare ripu,labor
+  python scripts/benchmark_train_step.py --height 256 --width 512 --compare ripu,labor,labor_shared
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from ripu_jax.models import build_model
 from ripu_jax.objectives import OBJECTIVES, TrainState
 from ripu_jax.optim import create_optimizer
 
+LABOR_VARIANTS = {"labor": False, "labor_shared": True}  # name -> labor.share_backbone
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
   parser.add_argument("--source-free", action="store_true",
                       help="the same as --objective source_free")
-  parser.add_argument("--objective", choices=("ripu", "source_free", "labor"), default="ripu")
+  parser.add_argument("--objective", choices=("ripu", "source_free", *LABOR_VARIANTS),
+                      default="ripu", help="labor_shared: LabOR with labor.share_backbone")
   parser.add_argument("--compare", default=None,
                       help="comma-separated objectives, each timed in its own process")
   parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/...)")
@@ -134,6 +138,19 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
   if args.compare:
     return compare(args, argv)
   batch = make_batch(args)
+  objective_name = "source_free" if args.source_free else args.objective
+  config = config_lib.base_config()
+  if objective_name in LABOR_VARIANTS:
+    config = labor_config(config, "spl")
+    config.labor.share_backbone = LABOR_VARIANTS[objective_name]
+    config.model.name, config.model.dtype = args.model, args.dtype
+    config.model.kwargs = ml_collections.ConfigDict(dict(
+        depth=args.depth, width_multiplier=args.width_multiplier))
+    if args.num_classes != config_lib.num_classes(config):
+      raise SystemExit(f"--objective {objective_name} builds its selector for the config's "
+                       f"{config_lib.num_classes(config)} classes; drop --num-classes")
+  objective = OBJECTIVES.get("labor" if objective_name in LABOR_VARIANTS else objective_name)(
+      config)
   compile_timer = CompileTimer()
   start = time.perf_counter()
   model = build_model(
@@ -143,19 +160,9 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
       depth=args.depth,
       width_multiplier=args.width_multiplier,
       dtype=args.dtype,
+      **objective.model_kwargs(),  # LabOR's shared heads
   )
-  objective_name = "source_free" if args.source_free else args.objective
-  config = config_lib.base_config()
-  if objective_name == "labor":
-    config = labor_config(config, "spl")
-    config.model.name, config.model.dtype = args.model, args.dtype
-    config.model.kwargs = ml_collections.ConfigDict(dict(
-        depth=args.depth, width_multiplier=args.width_multiplier))
-    if args.num_classes != config_lib.num_classes(config):
-      raise SystemExit(f"--objective labor builds its selector for the config's "
-                       f"{config_lib.num_classes(config)} classes; drop --num-classes")
-  objective = OBJECTIVES.get(objective_name)(config)
-  if objective_name == "labor":
+  if objective_name in LABOR_VARIANTS:
     state = objective.build_state(model)
     objective.initialize(state)
   else:

@@ -52,9 +52,9 @@ def test_the_selector_starts_from_the_model_and_the_state_holds_every_network(tm
   trainer.close()
 
 
-@pytest.mark.parametrize("mode", ["spl", "ppl"])
-def test_labor_runs_rounds_exports_and_resumes_exactly(mode, tmp_path):
-  config = smoke(mode)
+@pytest.mark.parametrize("mode, shared", [("spl", False), ("ppl", False), ("spl", True)])
+def test_labor_runs_rounds_exports_and_resumes_exactly(mode, shared, tmp_path):
+  config = smoke(mode, **{"labor.share_backbone": shared})
   workdir = str(tmp_path / "run")
   summary = train.train_and_evaluate(config, workdir)
   records = read_metrics(workdir)
@@ -77,9 +77,70 @@ def test_labor_runs_rounds_exports_and_resumes_exactly(mode, tmp_path):
   assert read_metrics(workdir) == records
 
 
-def test_labor_config_errors_name_the_field(tmp_path):
+def _plain_source_run(workdir):
+  """A finished source-only run of the demo's smoke network (no auxiliary heads)."""
+  config = config_lib.load_config(os.path.join(ROOT, "configs", "demo.py"), "smoke")
+  config.train.objective, config.active.kind = "source_only", "none"
+  config.num_steps, config.progress_bars = 2, False
+  train.train_and_evaluate(config, workdir)
+  return Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
+
+
+def _params(module):
+  return jax.tree.leaves(nnx.state(module, nnx.Param))
+
+
+def test_shared_backbone_puts_the_heads_on_the_model_and_starts_from_a_plain_run(tmp_path):
+  source = _plain_source_run(str(tmp_path / "source"))
+  config = smoke("spl", **{"labor.share_backbone": True,
+                           "model.init_from": str(tmp_path / "source")})
+  trainer = train.Trainer(config, str(tmp_path / "run"))
+  state = trainer.state
+  assert "selector" not in state.extra_names and len(state.model.aux_heads) == 2
+  assert state.model.aux_stop_gradient
+  plain = train.build_model(smoke("spl"))
+  source.restore_model(plain)
+  source.close()
+  # A is the source run's model; C1 starts as its head, C2 fresh (so the heads disagree).
+  for got, want in ((state.model.backbone, plain.backbone), (state.model.head, plain.head),
+                    (state.model.aux_heads[0], plain.head)):
+    assert all(np.array_equal(a, b) for a, b in zip(_params(got), _params(want)))
+  assert not all(np.array_equal(a, b) for a, b in
+                 zip(_params(state.model.aux_heads[0]), _params(state.model.aux_heads[1])))
+  trainer.close()
+
+
+def test_a_checkpoint_lacking_a_part_not_named_is_still_refused(tmp_path):
+  source = _plain_source_run(str(tmp_path / "source"))
+  with_heads = train.build_model(smoke("spl", **{"model.kwargs.aux_heads": 2}))
+  with pytest.raises(errors.StateMismatchError, match="does not fit"):
+    source.restore_model(with_heads)
+  with pytest.raises(errors.StateMismatchError, match="does not fit"):
+    source.restore_model(with_heads, may_lack=("head",))
+  source.restore_model(with_heads, may_lack=("aux_heads",))
+  source.close()
+
+
+def test_shared_heads_do_not_move_the_backbone():
+  """B's loss reaches C1 and C2 only: A's backbone and head get no gradient from it."""
+  from ripu_jax.methods.labor.objective import _forward_with_heads  # pylint: disable=g-import-not-at-top
   config = smoke("spl", **{"labor.share_backbone": True})
-  with pytest.raises(errors.ConfigError, match="labor.share_backbone"):
+  model = train.build_model(config)
+  images = jax.random.normal(jax.random.key(0), (1, 32, 64, 3))
+
+  def heads_only(model):
+    _, _, (head1, head2) = _forward_with_heads(model, images, images)
+    return (head1**2).sum() + (head2**2).sum()
+
+  grads = nnx.grad(heads_only)(model)
+  for part in ("backbone", "head"):
+    assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads[part]))
+  assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["aux_heads"]))
+
+
+def test_labor_config_errors_name_the_field(tmp_path):
+  config = smoke("spl", **{"labor.share_backbone": True, "model.kwargs.aux_heads": 1})
+  with pytest.raises(errors.ConfigError, match="model.kwargs.aux_heads"):
     config_lib.validate(config)
   config = smoke("spl", **{"labor.adversarial_weight": -1.0})
   with pytest.raises(errors.ConfigError, match="labor.adversarial_weight"):

@@ -14,7 +14,8 @@ The paper gives no schedule, so both run RIPU's rounds (active.round_steps; one 
 the "ask once" reading) and spend their budget on the pool's images through the ledger,
 which refuses any pixel bought twice. The mask comes from the heads C1, C2: with
 labor.share_backbone False the outputs "logits" and "aux/0" of the train state's extra
-network "selector"; with True the model's "aux/0" and "aux/1". PPL's class probabilities
+network "selector"; with True the model's "aux/0" and "aux/1" (the objective "labor" adds
+them). PPL's class probabilities
 are model A's softmax (labor.prototype_probs "model") or the heads' mean ("heads"). Overlays
 show A's prediction, the discrepancy map and the pixels bought.
 
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ripu_jax import image_ops
+from ripu_jax import objectives
 from ripu_jax.acquisition import budgets
 from ripu_jax.acquisition.acquirers import (ACQUIRERS, ImageRecord, Overlay, RoundPool,
                                             RoundResult, ScheduledRounds)
@@ -73,12 +75,13 @@ class LaborOptions:
     if not isinstance(self.share_backbone, bool):
       raise _invalid(f"labor.share_backbone must be True or False, got {self.share_backbone!r}")
     if self.share_backbone:
-      aux_heads = config.model.kwargs.get("aux_heads", 0)
+      aux_heads = objectives.model_kwargs(config).get("aux_heads", 0)
       if not isinstance(aux_heads, int) or aux_heads < 2:
         raise _invalid(
             "labor.share_backbone=True puts the selector's heads C1, C2 on the model's "
-            "auxiliary heads 'aux/0' and 'aux/1', but model.kwargs.aux_heads is "
-            f"{aux_heads!r}; set --config.model.kwargs.aux_heads=2")
+            "auxiliary heads 'aux/0' and 'aux/1', but the model has "
+            f"{aux_heads!r}; use --config.train.objective=labor (which adds them) or set "
+            "--config.model.kwargs.aux_heads=2")
     cap = self.spl_cap
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, Real)
                             or not 0 < cap <= 1):
@@ -157,7 +160,8 @@ class LaborRounds(ScheduledRounds):
       return {name: outputs[name] for name in names}
     if self.options.share_backbone or network == "model":
       fix = ("with labor.share_backbone=True the heads C1, C2 are the model's 'aux/0' and "
-             "'aux/1': set --config.model.kwargs.aux_heads=2")
+             "'aux/1': use --config.train.objective=labor (which adds them) or set "
+             "--config.model.kwargs.aux_heads=2")
     else:
       fix = ("the selector (C1 = its 'logits', C2 = its 'aux/0') is the extra network that "
              "the LabOR objective builds: set --config.train.objective=labor")

@@ -22,7 +22,9 @@ def labor_config(config: ml_collections.ConfigDict, mode: str) -> ml_collections
   config.active.kind = f"labor_{mode}"
   config.active.pixels = 40
   config.labor = ml_collections.ConfigDict(dict(
-      share_backbone=False,  # True (heads on A's features) is not available yet
+      # False: B is a second DeepLab started from A; True: C1, C2 are heads on A's
+      # (stop-gradient) features, added to A by the objective: less memory and time.
+      share_backbone=False,
       # SPL: None labels every inconsistent pixel (the paper); a fraction caps each image
       # cumulatively, keeping the most discrepant pixels (e.g. 0.022 to meet RIPU-RA 2.2%).
       spl_cap=config_dict.placeholder(float),

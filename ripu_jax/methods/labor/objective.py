@@ -9,11 +9,19 @@ Per step, on a source and a target batch:
   B: CE(C1, y~) + CE(C2, y~) - discrepancy_weight * mean|p1 - p2|, where y~ are A's target
      pseudo labels chosen by IAST's class-adaptive thresholds (carried in the train state and
      checkpointed), overwritten by bought labels. The discrepancy reaches only the two heads:
-     it is computed from stop-gradient backbone features (the heads run twice), so the
-     backbone learns from the pseudo-label CE alone. It is measured at the network's output
-     resolution (the CE at label size).
-B is a separate DeepLab (`selector`: head "logits" = C1, auxiliary head "aux/0" = C2) that
-starts, on a fresh run, from A's starting weights with a fresh C2 (`initialize`).
+     it is computed from stop-gradient backbone features, so a backbone learns from the
+     pseudo-label CE alone. It is measured at the network's output resolution (the CE at
+     label size).
+
+Where B's backbone F lives (labor.share_backbone):
+  False  B is a separate DeepLab (`selector`: head "logits" = C1, auxiliary head "aux/0" = C2)
+         with its own optimizer, started on a fresh run from A's starting weights with a
+         fresh C2 (`initialize`); F learns from B's pseudo-label CE.
+  True   C1 and C2 are A's auxiliary heads "aux/0" and "aux/1" on stop-gradient features
+         (the objective adds them to the model), so F is A's backbone, trained by A's loss
+         only, and B's loss joins A's in one update by A's optimizer (heads at 10x). No
+         second backbone: less memory and time. C1 starts as a copy of A's head; a
+         `model.init_from` checkpoint without the heads is fine, C2 then starts fresh.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from ripu_jax.methods.ripu.objectives import forward_pair
 from ripu_jax.objectives import OBJECTIVES, Objective, TrainState, optimizer_for
 
 SELECTOR = "selector"
+SELECTOR_HEADS = ("logits", "aux/0")  # C1, C2 of a separate selector
+SHARED_HEADS = ("aux/0", "aux/1")  # C1, C2 on the model's own backbone
 
 
 class IastThreshold(nnx.Variable):
@@ -64,9 +74,6 @@ class LaborObjective(Objective):
     if labor is None:
       raise ConfigError("invalid config: train.objective 'labor' needs the config group "
                         "`labor` (start from a config under configs/labor/)")
-    if labor.share_backbone:
-      raise ConfigError("invalid config: labor.share_backbone=True is not available yet; "
-                        "use the separate selector (labor.share_backbone=False)")
     for name in ("adversarial_weight", "discrepancy_weight", "discriminator_lr"):
       if labor[name] < 0:
         raise ConfigError(f"invalid config: labor.{name} must be >= 0, got {labor[name]}")
@@ -75,51 +82,94 @@ class LaborObjective(Objective):
                         f"labor.iast_beta in (0, 1), got {labor.iast_alpha}, "
                         f"{labor.iast_gamma}, {labor.iast_beta}")
 
+  @property
+  def _shared(self) -> bool:
+    labor = self.config.get("labor")
+    return bool(labor is not None and labor.get("share_backbone", False))
+
+  def model_kwargs(self) -> dict:
+    return dict(aux_heads=2, aux_stop_gradient=True) if self._shared else {}
+
+  def init_from_may_lack(self) -> tuple[str, ...]:
+    return ("aux_heads",) if self._shared else ()
+
   def build_state(self, model: nnx.Module) -> TrainState:
     config, labor = self.config, self.config.labor
     num_classes = config_lib.num_classes(config)
-    kwargs = dict(config.model.kwargs.to_dict(), aux_heads=1)
-    selector = models.build_model(config.model.name, num_classes,
-                                  rngs=nnx.Rngs(config.seed + 1), dtype=config.model.dtype,
-                                  **kwargs)
+    extras = {}
+    if not self._shared:
+      kwargs = dict(config.model.kwargs.to_dict(), aux_heads=1)
+      selector = models.build_model(config.model.name, num_classes,
+                                    rngs=nnx.Rngs(config.seed + 1), dtype=config.model.dtype,
+                                    **kwargs)
+      extras.update(selector=selector, selector_optimizer=optimizer_for(selector, config.optim))
     discriminator = OutputDiscriminator(num_classes, channels=labor.discriminator_channels,
                                         rngs=nnx.Rngs(config.seed + 2))
     return TrainState(
-        model, optimizer_for(model, config.optim),
-        selector=selector, selector_optimizer=optimizer_for(selector, config.optim),
+        model, optimizer_for(model, config.optim), **extras,
         discriminator=discriminator,
         discriminator_optimizer=nnx.Optimizer(
             discriminator, optax.adam(labor.discriminator_lr, b1=0.9, b2=0.99), wrt=nnx.Param),
         thresholds=Thresholds(num_classes, labor.iast_init))
 
   def initialize(self, state: TrainState) -> None:
-    """B starts from A's starting weights: its backbone and C1 copy A's; C2 stays fresh."""
+    """C1 starts as A's head; a separate B also copies A's backbone. C2 stays as it is."""
     # Copies, not shared buffers: the train step donates every array of the state.
-    nnx.update(state.selector.backbone, jax.tree.map(jnp.copy, nnx.state(state.model.backbone)))
-    nnx.update(state.selector.head, jax.tree.map(jnp.copy, nnx.state(state.model.head)))
+    copy = lambda module: jax.tree.map(jnp.copy, nnx.state(module))  # noqa: E731
+    if self._shared:
+      nnx.update(state.model.aux_heads[0], copy(state.model.head))
+      return
+    nnx.update(state.selector.backbone, copy(state.model.backbone))
+    nnx.update(state.selector.head, copy(state.model.head))
 
   def train_step(self, state: TrainState, batch) -> dict[str, jax.Array]:
     labor = self.config.labor
     source_images, source_labels = batch["source_images"], batch["source_labels"]
     target_images, target_labels = batch["target_images"], batch["target_labels"]
     input_size = target_images.shape[1:3]
+    label_size = target_labels.shape[1:3]
 
-    # Model A against the labels and the discriminator.
-    def loss_a(model, discriminator):
-      source_logits, target_logits = forward_pair(model, source_images, target_images)
+    def pseudo_labels(target_logits, thresholds):
+      return iast.pseudo_labels(
+          jax.lax.stop_gradient(_softmax_at(target_logits, label_size)), thresholds,
+          target_labels, alpha=labor.iast_alpha, beta=labor.iast_beta, gamma=labor.iast_gamma)
+
+    def selector_loss(heads, frozen_heads, pseudo):
+      """B's loss: CE of both heads on y~ minus the discrepancy of the frozen-feature heads."""
+      ce = sum(ripu_losses.cross_entropy(upsample_logits(head, label_size), pseudo)
+               for head in heads)
+      p1, p2 = (jax.nn.softmax(head.astype(jnp.float32), axis=-1) for head in frozen_heads)
+      discrepancy = losses.discrepancy(p1, p2)
+      return ce - labor.discrepancy_weight * discrepancy, {"selector_ce": ce,
+                                                           "discrepancy": discrepancy}
+
+    # Model A against the labels and the discriminator (with B's heads when they are A's).
+    def loss_a(model, discriminator, thresholds):
+      if self._shared:
+        source_logits, target_logits, heads = _forward_with_heads(
+            model, source_images, target_images)
+      else:
+        source_logits, target_logits = forward_pair(model, source_images, target_images)
       source_ce = ripu_losses.cross_entropy(
           upsample_logits(source_logits, source_labels.shape[1:3]), source_labels)
       target_ce = ripu_losses.cross_entropy(
-          upsample_logits(target_logits, target_labels.shape[1:3]), target_labels)
+          upsample_logits(target_logits, label_size), target_labels)
       adversarial = losses.discriminator_bce(
           discriminator(_softmax_at(target_logits, input_size)), 0.0)
       total = source_ce + target_ce + labor.adversarial_weight * adversarial
       terms = {"source_ce": source_ce, "target_ce": target_ce, "adversarial": adversarial,
                "total": total}
-      return total, (terms, source_logits, target_logits)
+      pseudo = thresholds
+      if self._shared:  # the heads already read stop-gradient features
+        pseudo, thresholds = pseudo_labels(target_logits, thresholds)
+        b_loss, b_terms = selector_loss(heads, heads, pseudo)
+        terms.update(b_terms)
+        total = total + b_loss
+      return total, (terms, source_logits, target_logits, pseudo, thresholds)
 
-    grads, (terms, source_logits, target_logits) = nnx.grad(loss_a, argnums=0, has_aux=True)(
-        state.model, state.discriminator)
+    grads, (terms, source_logits, target_logits, pseudo, thresholds) = nnx.grad(
+        loss_a, argnums=0, has_aux=True)(state.model, state.discriminator,
+                                         state.thresholds.value[...])
     state.optimizer.update(state.model, grads)
     metrics = {**terms, "grad_norm": optax.tree.norm(grads)}
 
@@ -135,29 +185,40 @@ class LaborObjective(Objective):
     state.discriminator_optimizer.update(state.discriminator, d_grads)
     metrics["discriminator"] = d_loss
 
-    # Selector B on IAST pseudo labels (bought labels win), heads pushed apart.
-    label_size = target_labels.shape[1:3]
-    pseudo, thresholds = iast.pseudo_labels(
-        jax.lax.stop_gradient(_softmax_at(target_logits, label_size)),
-        state.thresholds.value[...], target_labels, alpha=labor.iast_alpha,
-        beta=labor.iast_beta, gamma=labor.iast_gamma)
+    # A separate selector B on IAST pseudo labels (bought labels win), heads pushed apart.
+    if not self._shared:
+      pseudo, thresholds = pseudo_labels(target_logits, thresholds)
+
+      def loss_b(selector):
+        features = selector.backbone(target_images)
+        frozen = jax.tree.map(jax.lax.stop_gradient, features)
+        heads = selector.outputs_from_features(features, SELECTOR_HEADS)
+        frozen_heads = selector.outputs_from_features(frozen, SELECTOR_HEADS)
+        return selector_loss(tuple(heads.values()), tuple(frozen_heads.values()), pseudo)
+
+      (_, b_terms), b_grads = nnx.value_and_grad(loss_b, has_aux=True)(state.selector)
+      state.selector_optimizer.update(state.selector, b_grads)
+      metrics.update(b_terms)
     state.thresholds.value[...] = thresholds
-
-    def loss_b(selector):
-      features = selector.backbone(target_images)
-      head1, head2 = selector.head(features), selector.aux_heads[0](features)
-      ce1 = ripu_losses.cross_entropy(upsample_logits(head1, label_size), pseudo)
-      ce2 = ripu_losses.cross_entropy(upsample_logits(head2, label_size), pseudo)
-      frozen = jax.tree.map(jax.lax.stop_gradient, features)
-      p1 = jax.nn.softmax(selector.head(frozen).astype(jnp.float32), axis=-1)
-      p2 = jax.nn.softmax(selector.aux_heads[0](frozen).astype(jnp.float32), axis=-1)
-      discrepancy = losses.discrepancy(p1, p2)
-      return ce1 + ce2 - labor.discrepancy_weight * discrepancy, (ce1 + ce2, discrepancy)
-
-    (_, (selector_ce, discrepancy)), b_grads = nnx.value_and_grad(loss_b, has_aux=True)(
-        state.selector)
-    state.selector_optimizer.update(state.selector, b_grads)
-    metrics.update(selector_ce=selector_ce, discrepancy=discrepancy,
-                   pseudo_labelled=jnp.mean((pseudo != ripu_losses.IGNORE_INDEX)
-                                            .astype(jnp.float32)))
+    metrics["pseudo_labelled"] = jnp.mean(
+        (pseudo != ripu_losses.IGNORE_INDEX).astype(jnp.float32))
     return metrics
+
+
+def _forward_with_heads(model, source_images, target_images):
+  """(source logits, target logits, (C1, C2) on the target) from one pass per domain.
+
+  The heads are the model's auxiliary heads on its stop-gradient target features.
+  """
+  if source_images.shape[1:] == target_images.shape[1:]:
+    split = source_images.shape[0]
+    features = model.backbone(jnp.concatenate([source_images, target_images], axis=0))
+    logits = model.outputs_from_features(features, ("logits",))["logits"]
+    target_features = jax.tree.map(lambda f: f[split:], features)
+    source_logits, target_logits = logits[:split], logits[split:]
+  else:
+    source_logits = model(source_images)
+    target_features = model.backbone(target_images)
+    target_logits = model.outputs_from_features(target_features, ("logits",))["logits"]
+  heads = model.outputs_from_features(target_features, SHARED_HEADS)
+  return source_logits, target_logits, tuple(heads.values())
