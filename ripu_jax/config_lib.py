@@ -8,10 +8,12 @@ config into one clear error before anything runs. Sizes are (height, width).
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from ripu_jax import hooks as hooks_lib
 from ripu_jax import methods  # noqa: F401  (registers the built-in methods)
 from ripu_jax import models
+from ripu_jax import optim
 from ripu_jax.acquisition.acquirers import ACQUIRERS
 from ripu_jax.data import catalog
 from ripu_jax.data import labels as labels_lib
@@ -61,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.momentum = 0.9
   config.optim.weight_decay = 5e-4
   config.optim.power = 0.9
+  config.optim.name = "sgd"  # or "adam" (optim.betas; momentum unused)
+  config.optim.schedule = "poly"  # or "cosine_restarts" (period optim.restart_every)
+  config.optim.restart_every = config_dict.placeholder(int)  # None: optim.max_iter
+  config.optim.betas = (0.9, 0.999)
 
   config.train = ml_collections.ConfigDict()
   config.train.objective = "ripu"  # a registered objective (ripu_jax.objectives.OBJECTIVES)
@@ -126,14 +132,24 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
-def get_config_with_arg(make, arg: str | None) -> ml_collections.ConfigDict:
-  """`get_config` for config files: `make()` plus the optional ':smoke' argument."""
+def get_config_with_arg(make, arg: str | None, variants=None) -> ml_collections.ConfigDict:
+  """`get_config` for config files: `make()`, changed by the config argument.
+
+  The argument (after ':' on the command line) is a comma-separated list of the file's
+  `variants` ({name: function(config) -> config}, e.g. 'iast') and 'smoke'; variants apply
+  in the order given, 'smoke' last.
+  """
+  variants = dict(variants or {})
+  parts = [part.strip() for part in (arg or "").split(",") if part.strip()]
+  unknown = [part for part in parts if part != "smoke" and part not in variants]
+  if unknown:
+    raise ValueError(f"unknown config argument(s) {unknown}; choose from "
+                     f"{sorted(variants) + ['smoke']}, comma-separated")
   config = make()
-  if arg == "smoke":
-    return smoke(config)
-  if arg:
-    raise ValueError(f"unknown config argument {arg!r}; the only one is 'smoke'")
-  return config
+  for part in parts:
+    if part != "smoke":
+      config = variants[part](config)
+  return smoke(config) if "smoke" in parts else config
 
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -224,6 +240,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"optim.momentum must lie in [0, 1), got {optim_config.momentum}")
   for name in ("weight_decay", "head_lr_multiplier", "power"):
     _check(optim_config[name] >= 0, f"optim.{name} must be >= 0, got {optim_config[name]}")
+  _check(optim_config.name in optim.OPTIMIZERS,
+         f"optim.name must be one of {optim.OPTIMIZERS}, got {optim_config.name!r}")
+  _check(optim_config.schedule in optim.SCHEDULES,
+         f"optim.schedule must be one of {optim.SCHEDULES}, got {optim_config.schedule!r}")
+  _check(optim_config.restart_every is None or optim_config.restart_every >= 1,
+         f"optim.restart_every must be >= 1 or None, got {optim_config.restart_every}")
+  betas = tuple(optim_config.betas)
+  _check(len(betas) == 2 and all(0 <= b < 1 for b in betas),
+         f"optim.betas must be two values in [0, 1), got {betas}")
   _check(config.model.name in models.MODELS, f"model.name must be one of "
          f"{models.MODELS.names()}, got {config.model.name!r}{PLUGIN_HINT}")
   _check(config.model.dtype in ("float32", "bfloat16"),

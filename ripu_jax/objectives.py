@@ -62,11 +62,9 @@ class TrainState(nnx.Module):
 
 
 def optimizer_for(network: nnx.Module, optim_config) -> nnx.Optimizer:
-  """The release's SGD (poly schedule, 10x outside `backbone`) over `network`'s params."""
-  return optim.create_optimizer(
-      network, base_lr=optim_config.base_lr, max_iter=optim_config.max_iter,
-      head_lr_multiplier=optim_config.head_lr_multiplier, momentum=optim_config.momentum,
-      weight_decay=optim_config.weight_decay, power=optim_config.power)
+  """`config.optim`'s optimiser (the release's SGD with the poly schedule by default; 10x
+  learning rate outside `backbone`) over `network`'s params."""
+  return optim.create_optimizer(network, optim.from_config(optim_config))
 
 
 def check_batch(batch: Batch, domains: tuple[str, ...]) -> None:

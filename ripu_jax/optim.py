@@ -5,6 +5,10 @@ adds `weight_decay * param` to the gradient before the momentum buffer; the back
 learning rate is `base_lr * (1 - step / max_iter) ** 0.9` and every parameter outside the
 backbone uses 10x that. Frozen batch-norm state is not an `nnx.Param`, so it never reaches
 the optimiser.
+
+`from_config(config.optim)` also offers Adam (torch semantics: the L2 term joins the gradient
+before the moments) and a cosine schedule with warm restarts, as IAST's release trains
+(`optim.name`, `optim.schedule`); the defaults are RIPU's.
 """
 
 from __future__ import annotations
@@ -32,6 +36,37 @@ def poly_schedule(base_lr: float, max_iter: int, power: float = 0.9) -> optax.Sc
     return base_lr * (1.0 - fraction) ** power
 
   return schedule
+
+
+def cosine_restarts_schedule(base_lr: float, period: int) -> optax.Schedule:
+  """lr(step) = base_lr * (1 + cos(pi * (step mod period) / period)) / 2: restarts every period
+  steps (torch's CosineAnnealingWarmRestarts with T_mult 1 and eta_min 0)."""
+  if base_lr < 0:
+    raise ValueError(f"base_lr must be >= 0, got {base_lr}")
+  if period < 1:
+    raise ValueError(f"period must be >= 1, got {period}")
+
+  def schedule(step: jax.Array) -> jax.Array:
+    phase = jnp.mod(jnp.asarray(step, jnp.float32), period) / period
+    return base_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * phase))
+
+  return schedule
+
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("poly", "cosine_restarts")
+
+
+def schedule_from_config(optim_config, base_lr: float) -> optax.Schedule:
+  """`optim.schedule` at `base_lr`: "poly" to optim.max_iter, or "cosine_restarts" with a
+  period of optim.restart_every steps (None: optim.max_iter, one cosine)."""
+  name = optim_config.get("schedule", "poly")
+  if name == "poly":
+    return poly_schedule(base_lr, optim_config.max_iter, optim_config.power)
+  if name == "cosine_restarts":
+    return cosine_restarts_schedule(
+        base_lr, optim_config.get("restart_every") or optim_config.max_iter)
+  raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {name!r}")
 
 
 def _top_level_name(path: tuple[Any, ...]) -> str:
@@ -79,13 +114,22 @@ def ripu_sgd(
     raise ValueError(f"momentum must be in [0, 1), got {momentum}")
   if weight_decay < 0:
     raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-  backbone_schedule = poly_schedule(base_lr, max_iter, power)
-  head_schedule = poly_schedule(base_lr * head_lr_multiplier, max_iter, power)
-  # Weight decay and momentum are shared (they commute with a per-group learning rate);
-  # only the final scaling differs between groups.
+  return _grouped(optax.trace(decay=momentum, nesterov=False), weight_decay,
+                  poly_schedule(base_lr, max_iter, power),
+                  poly_schedule(base_lr * head_lr_multiplier, max_iter, power), backbone_name)
+
+
+def _grouped(direction: optax.GradientTransformation, weight_decay: float,
+             backbone_schedule: optax.Schedule, head_schedule: optax.Schedule,
+             backbone_name: str = BACKBONE) -> optax.GradientTransformation:
+  """L2 term, then `direction` (momentum or Adam's moments), then each group's learning rate.
+
+  Weight decay and the direction are shared (they commute with a per-group learning rate);
+  only the final scaling differs between groups.
+  """
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
-      optax.trace(decay=momentum, nesterov=False),
+      direction,
       optax.multi_transform(
           {
               BACKBONE: optax.scale_by_learning_rate(backbone_schedule),
@@ -94,6 +138,22 @@ def ripu_sgd(
           lambda params: parameter_groups(params, backbone_name),
       ),
   )
+
+
+def from_config(optim_config) -> optax.GradientTransformation:
+  """The optimiser `config.optim` names: RIPU's SGD by default, or Adam (optim.betas)."""
+  name = optim_config.get("name", "sgd")
+  if name == "sgd":
+    direction = optax.trace(decay=optim_config.momentum, nesterov=False)
+  elif name == "adam":
+    beta1, beta2 = optim_config.betas
+    direction = optax.scale_by_adam(b1=beta1, b2=beta2, eps=1e-8)
+  else:
+    raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
+  base_lr = optim_config.base_lr
+  return _grouped(direction, optim_config.weight_decay,
+                  schedule_from_config(optim_config, base_lr),
+                  schedule_from_config(optim_config, base_lr * optim_config.head_lr_multiplier))
 
 
 def create_optimizer(model: nnx.Module, tx: optax.GradientTransformation | None = None,
@@ -114,6 +174,12 @@ def create_optimizer(model: nnx.Module, tx: optax.GradientTransformation | None 
 
 def learning_rates(step: int, base_lr: float = 2.5e-4, max_iter: int = 62_500, *,
                    head_lr_multiplier: float = 10.0, power: float = 0.9) -> dict[str, float]:
-  """Backbone and head learning rates at `step`, for logging."""
+  """Backbone and head learning rates of RIPU's schedule at `step`, for logging."""
   backbone = float(poly_schedule(base_lr, max_iter, power)(step))
   return {BACKBONE: backbone, HEAD: backbone * head_lr_multiplier}
+
+
+def learning_rates_from_config(step: int, optim_config) -> dict[str, float]:
+  """Backbone and head learning rates of `config.optim`'s schedule at `step`, for logging."""
+  backbone = float(schedule_from_config(optim_config, optim_config.base_lr)(step))
+  return {BACKBONE: backbone, HEAD: backbone * optim_config.head_lr_multiplier}

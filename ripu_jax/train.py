@@ -356,9 +356,7 @@ class Trainer:
     return None
 
   def _learning_rates(self) -> dict[str, float]:
-    o = self.config.optim
-    return optim.learning_rates(self.step, o.base_lr, o.max_iter,
-                                head_lr_multiplier=o.head_lr_multiplier, power=o.power)
+    return optim.learning_rates_from_config(self.step, self.config.optim)
 
   def _log_train(self, bar) -> None:
     record = self._check_finite()

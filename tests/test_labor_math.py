@@ -123,6 +123,21 @@ def test_discriminator_bce_random_and_jit():
     losses.discriminator_bce(jnp.asarray(logits), 2.0)
 
 
+def test_discriminator_lsgan_matches_oracle():
+  outputs = np.random.default_rng(1).normal(0, 3, (2, 3, 4, 1)).astype(np.float32)
+  for domain in (0.0, 1.0):
+    want = np.mean((outputs.astype(np.float64) - domain) ** 2)
+    np.testing.assert_allclose(float(losses.discriminator_mse(jnp.asarray(outputs), domain)),
+                               want, rtol=1e-6)
+    grads = jax.grad(losses.discriminator_mse)(jnp.asarray(outputs), domain)
+    np.testing.assert_allclose(np.asarray(grads), 2 * (outputs - domain) / outputs.size,
+                               rtol=1e-5)
+  assert losses.GAN_LOSSES == {"bce": losses.discriminator_bce,
+                               "lsgan": losses.discriminator_mse}
+  with pytest.raises(ValueError, match="domain"):
+    losses.discriminator_mse(jnp.asarray(outputs), -1.0)
+
+
 def _random_probs(rng, shape):
   logits = rng.normal(0, 2, shape)
   e = np.exp(logits - logits.max(-1, keepdims=True))

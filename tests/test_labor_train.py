@@ -138,9 +138,41 @@ def test_shared_heads_do_not_move_the_backbone():
   assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["aux_heads"]))
 
 
+@pytest.mark.parametrize("dataset, weight", [("gtav", 0.05), ("synthia", 0.001)])
+def test_the_iast_variant_of_the_real_configs(dataset, weight):
+  config = config_lib.load_config(
+      os.path.join(ROOT, "configs", "labor", f"{dataset}_ppl.py"), "iast")
+  assert (config.optim.name, config.optim.schedule, config.optim.base_lr) == (
+      "adam", "cosine_restarts", 2e-5)
+  assert config.optim.restart_every == config.num_steps == 40_000
+  assert (config.labor.gan_loss, config.labor.adversarial_weight) == ("lsgan", weight)
+  assert config_lib.load_config(
+      os.path.join(ROOT, "configs", "labor", f"{dataset}_spl.py")).optim.name == "sgd"
+  with pytest.raises(ValueError, match=r"choose from \['iast', 'smoke'\]"):
+    config_lib.load_config(os.path.join(ROOT, "configs", "labor", f"{dataset}_spl.py"), "isat")
+
+
+def test_the_iast_variant_trains_with_adam_cosine_and_lsgan(tmp_path):
+  config = config_lib.load_config(os.path.join(ROOT, "configs", "labor", "gtav_spl.py"),
+                                  "iast,smoke")
+  registry.import_plugins(config.plugins)
+  config.num_steps, config.progress_bars, config.optim.restart_every = 4, False, 3
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  trains = [r for r in read_metrics(str(tmp_path / "run")) if r["kind"] == "train"]
+  for record in trains:
+    want = 2e-5 * (1 + np.cos(np.pi * (record["step"] % 3) / 3)) / 2
+    np.testing.assert_allclose(record["learning_rate"]["backbone"], want, rtol=1e-5)
+    assert record["learning_rate"]["head"] == record["learning_rate"]["backbone"]
+    assert np.isfinite(record["adversarial"]) and np.isfinite(record["discriminator"])
+  assert summary["labelled_fraction"] > 0
+
+
 def test_labor_config_errors_name_the_field(tmp_path):
   config = smoke("spl", **{"labor.share_backbone": True, "model.kwargs.aux_heads": 1})
   with pytest.raises(errors.ConfigError, match="model.kwargs.aux_heads"):
+    config_lib.validate(config)
+  config = smoke("spl", **{"labor.gan_loss": "wgan"})
+  with pytest.raises(errors.ConfigError, match="labor.gan_loss must be one of"):
     config_lib.validate(config)
   config = smoke("spl", **{"labor.adversarial_weight": -1.0})
   with pytest.raises(errors.ConfigError, match="labor.adversarial_weight"):

@@ -59,6 +59,80 @@ def test_ripu_sgd_matches_torch_semantics():
     np.testing.assert_allclose(current[name]["w"], expected[name], rtol=1e-5, atol=1e-7)
 
 
+def _run(tx, params, grads):
+  state = tx.init(jax.tree.map(jnp.asarray, params))
+  current = jax.tree.map(jnp.asarray, params)
+  for grad in grads:
+    updates, state = tx.update(jax.tree.map(jnp.asarray, grad), state, current)
+    current = optax.apply_updates(current, updates)
+  return current
+
+
+def _params_and_grads(seed, steps=4):
+  rng = np.random.default_rng(seed)
+  draw = lambda: {"backbone": {"w": rng.standard_normal((3, 2))},  # noqa: E731
+                  "head": {"w": rng.standard_normal(4)}}
+  return draw(), [draw() for _ in range(steps)]
+
+
+def test_the_default_optim_config_is_ripu_sgd():
+  config = config_lib.base_config().optim
+  config.base_lr, config.max_iter = 0.1, 10
+  params, grads = _params_and_grads(1)
+  got = _run(optim.from_config(config), params, grads)
+  want = _run(optim.ripu_sgd(0.1, 10), params, grads)
+  for name in ("backbone", "head"):
+    np.testing.assert_array_equal(got[name]["w"], want[name]["w"])
+  assert optim.learning_rates_from_config(3, config) == optim.learning_rates(3, 0.1, 10)
+
+
+def test_cosine_restarts_schedule_values():
+  schedule = optim.cosine_restarts_schedule(2e-5, 100)
+  for step in (0, 1, 25, 50, 99, 100, 150, 250):
+    want = 2e-5 * (1 + np.cos(np.pi * (step % 100) / 100)) / 2
+    np.testing.assert_allclose(schedule(step), want, rtol=1e-5, atol=1e-12)
+  with pytest.raises(ValueError, match="period"):
+    optim.cosine_restarts_schedule(1e-3, 0)
+
+
+def test_adam_with_cosine_restarts_matches_torch_semantics():
+  """Oracle: torch.optim.Adam(weight_decay=wd) (L2 in the gradient, bias-corrected moments,
+  eps outside the root) under CosineAnnealingWarmRestarts(T_0=3), head lr x2."""
+  config = config_lib.base_config().optim
+  config.update(name="adam", schedule="cosine_restarts", restart_every=3, base_lr=0.01,
+                head_lr_multiplier=2.0, weight_decay=1e-2, betas=(0.8, 0.95))
+  params, grads = _params_and_grads(2, steps=7)
+  got = _run(optim.from_config(config), params, grads)
+  for name in ("backbone", "head"):
+    w = params[name]["w"].copy()
+    m = v = 0.0
+    for step, grad in enumerate(grads):
+      lr = 0.01 * (2.0 if name == "head" else 1.0) * (1 + np.cos(np.pi * (step % 3) / 3)) / 2
+      g = grad[name]["w"] + 1e-2 * w
+      m = 0.8 * m + 0.2 * g
+      v = 0.95 * v + 0.05 * g**2
+      m_hat, v_hat = m / (1 - 0.8**(step + 1)), v / (1 - 0.95**(step + 1))
+      w = w - lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+    np.testing.assert_allclose(got[name]["w"], w, rtol=1e-5, atol=1e-7)
+  rates = optim.learning_rates_from_config(4, config)
+  np.testing.assert_allclose(rates["backbone"], 0.01 * (1 + np.cos(np.pi / 3)) / 2, rtol=1e-5)
+  np.testing.assert_allclose(rates["head"], 2 * rates["backbone"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("name", "rmsprop", "optim.name must be one of"),
+    ("schedule", "step", "optim.schedule must be one of"),
+    ("restart_every", 0, "optim.restart_every must be >= 1"),
+    ("betas", (0.9, 1.0), "optim.betas must be two values"),
+])
+def test_bad_optim_fields_name_the_field(field, value, match):
+  from ripu_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.optim[field] = value
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(config)
+
+
 def test_parameter_groups_split_backbone_from_head():
   model = models.DeepLabV2(3, **TINY, rngs=nnx.Rngs(0))
   labels = optim.parameter_groups(nnx.state(model, nnx.Param))

@@ -4,15 +4,19 @@ SYNTHIA -> Cityscapes, DeepLab-v2, on RIPU's protocol.
   python -m ripu_jax.main --config configs/labor/synthia_spl.py \
       --workdir runs/labor_synthia_spl --config.model.init_from=runs/synthia_source_only
   python -m ripu_jax.main --config configs/labor/synthia_spl.py:smoke --workdir /tmp/smoke   # seconds
+  python -m ripu_jax.main --config configs/labor/synthia_spl.py:iast ...   # IAST's optimiser
 
 Starts from a finished source-only run (configs/synthia_source_only.py); labels are asked at
 RIPU's rounds (10k-18k). Needs the prepared datasets and weights/resnet101.npz (see README).
+':iast' trains as IAST's release, LabOR's UDA baseline, does: Adam 2e-5 with cosine
+restarts and least-squares output alignment weighted 0.001 (`iast_release`).
 """
 
 from ripu_jax import config_lib
-from ripu_jax.methods.labor.config import labor_config
+from ripu_jax.methods.labor.config import iast_release, labor_config
 
 
 def get_config(arg=None):
   return config_lib.get_config_with_arg(
-      lambda: labor_config(config_lib.real_config("synthia"), "spl"), arg)
+      lambda: labor_config(config_lib.real_config("synthia"), "spl"), arg,
+      variants={"iast": lambda config: iast_release(config, adversarial_weight=0.001)})

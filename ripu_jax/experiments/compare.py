@@ -170,7 +170,7 @@ LEGACY_VALUES = {"active.kind": {"full": "all"}}
 # Defaults of fields added since runs were stored: a run whose config lacks one was made as
 # with this value. A field not listed takes its default from `config_lib.base_config()` (the
 # rule for a new config field is a default that keeps the earlier behaviour).
-FIELD_DEFAULTS = {"plugins": (), "hooks": ()}
+FIELD_DEFAULTS = {"plugins": (), "hooks": (), "labor.gan_loss": "bce"}
 # Free-form groups (keyword arguments of the model's constructor): a key absent there means
 # the constructor's default, which the config does not know, so it never counts as a default.
 OPAQUE_GROUPS = ("model.kwargs",)

@@ -30,8 +30,25 @@ def labor_config(config: ml_collections.ConfigDict, mode: str) -> ml_collections
       spl_cap=config_dict.placeholder(float),
       prototype_probs="model",  # PPL prototypes from A's softmax ("heads": (p1 + p2) / 2)
       adversarial_weight=0.001,  # AdaptSeg's single-level weight
+      gan_loss="bce",  # AdaptSeg's; "lsgan": least squares (IAST's release)
       discrepancy_weight=1.0,  # MCD's classifier step
       discriminator_lr=1e-4,  # Adam, betas (0.9, 0.99)
       discriminator_channels=64,
       iast_alpha=0.2, iast_beta=0.9, iast_gamma=8.0, iast_init=0.9))
+  return config
+
+
+def iast_release(config: ml_collections.ConfigDict,
+                 adversarial_weight: float) -> ml_collections.ConfigDict:
+  """The alternative schedule of LabOR's UDA baseline, IAST's release (its warm-up stage):
+  Adam at 2e-5 with cosine annealing (one period over config.num_steps, restarting after it),
+  least-squares output alignment weighted `adversarial_weight` (0.05 GTAV, 0.001 SYNTHIA)
+  and D at 2e-5. Unstated there, ours: one learning rate for every layer, torch's Adam
+  defaults (betas 0.9/0.999, no weight decay); D keeps its Adam betas (0.9, 0.99).
+  """
+  config.optim.update(name="adam", schedule="cosine_restarts", base_lr=2e-5,
+                      head_lr_multiplier=1.0, weight_decay=0.0, betas=(0.9, 0.999))
+  config.optim.restart_every = config.num_steps  # one cosine over the training, as released
+  config.labor.update(gan_loss="lsgan", adversarial_weight=adversarial_weight,
+                      discriminator_lr=2e-5)
   return config

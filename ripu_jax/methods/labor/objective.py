@@ -5,7 +5,8 @@ Per step, on a source and a target batch:
   A: CE(source) + CE(target, bought pixels only) + adversarial_weight * BCE(D(softmax A(x_t)),
      source). D sees softmax predictions upsampled to the input size, as in AdaptSeg.
   D: BCE(D(softmax A(x_s)), source) + BCE(D(softmax A(x_t)), target) on A's outputs of this
-     step, detached; Adam.
+     step, detached; Adam. labor.gan_loss "lsgan" puts the least-squares loss in place of
+     both BCEs (IAST's release).
   B: CE(C1, y~) + CE(C2, y~) - discrepancy_weight * mean|p1 - p2|, where y~ are A's target
      pseudo labels chosen by IAST's class-adaptive thresholds (carried in the train state and
      checkpointed), overwritten by bought labels. The discrepancy reaches only the two heads:
@@ -74,6 +75,9 @@ class LaborObjective(Objective):
     if labor is None:
       raise ConfigError("invalid config: train.objective 'labor' needs the config group "
                         "`labor` (start from a config under configs/labor/)")
+    if labor.get("gan_loss", "bce") not in losses.GAN_LOSSES:
+      raise ConfigError(f"invalid config: labor.gan_loss must be one of "
+                        f"{tuple(losses.GAN_LOSSES)}, got {labor.gan_loss!r}")
     for name in ("adversarial_weight", "discrepancy_weight", "discriminator_lr"):
       if labor[name] < 0:
         raise ConfigError(f"invalid config: labor.{name} must be >= 0, got {labor[name]}")
@@ -128,6 +132,7 @@ class LaborObjective(Objective):
     target_images, target_labels = batch["target_images"], batch["target_labels"]
     input_size = target_images.shape[1:3]
     label_size = target_labels.shape[1:3]
+    gan_loss = losses.GAN_LOSSES[labor.get("gan_loss", "bce")]
 
     def pseudo_labels(target_logits, thresholds):
       return iast.pseudo_labels(
@@ -154,7 +159,7 @@ class LaborObjective(Objective):
           upsample_logits(source_logits, source_labels.shape[1:3]), source_labels)
       target_ce = ripu_losses.cross_entropy(
           upsample_logits(target_logits, label_size), target_labels)
-      adversarial = losses.discriminator_bce(
+      adversarial = gan_loss(
           discriminator(_softmax_at(target_logits, input_size)), 0.0)
       total = source_ce + target_ce + labor.adversarial_weight * adversarial
       terms = {"source_ce": source_ce, "target_ce": target_ce, "adversarial": adversarial,
@@ -178,8 +183,8 @@ class LaborObjective(Objective):
     target_probs = jax.lax.stop_gradient(_softmax_at(target_logits, input_size))
 
     def loss_d(discriminator):
-      return (losses.discriminator_bce(discriminator(source_probs), 0.0)
-              + losses.discriminator_bce(discriminator(target_probs), 1.0))
+      return (gan_loss(discriminator(source_probs), 0.0)
+              + gan_loss(discriminator(target_probs), 1.0))
 
     d_loss, d_grads = nnx.value_and_grad(loss_d)(state.discriminator)
     state.discriminator_optimizer.update(state.discriminator, d_grads)
