@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from ripu_jax.data import labels as labels_lib
-from ripu_jax.image_ops import upsample_logits
+from ripu_jax.image_ops import upsample_to_labels
 
 
 def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
@@ -51,9 +51,9 @@ def mean_iou(iou: np.ndarray, classes: Sequence[int]) -> float:
 def predict_probabilities(model: nnx.Module, images: jax.Array, label_size: Sequence[int],
                           flip: bool) -> jax.Array:
   """Softmax at label size; with `flip`, averaged with the flipped image's (flipped back)."""
-  probabilities = jax.nn.softmax(upsample_logits(model(images), label_size), axis=-1)
+  probabilities = jax.nn.softmax(upsample_to_labels(model(images), label_size), axis=-1)
   if flip:
-    flipped = jax.nn.softmax(upsample_logits(model(images[:, :, ::-1]), label_size), axis=-1)
+    flipped = jax.nn.softmax(upsample_to_labels(model(images[:, :, ::-1]), label_size), axis=-1)
     probabilities = 0.5 * (probabilities + flipped[:, :, ::-1])
   return probabilities
 

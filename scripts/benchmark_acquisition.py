@@ -1,6 +1,6 @@
 """Times RIPU's acquisition step: ripu_jax against a release-style version and the floor.
 
-  python scripts/benchmark_acquisition.py                    # full table (minutes)
+  python scripts/benchmark_acquisition.py                    # full table (half an hour)
   python scripts/benchmark_acquisition.py --sizes 256x512 --runs 3 --baseline-pa-runs 1
   python scripts/benchmark_acquisition.py --baselines-from benchmarks/acquisition.json
       # ripu_jax again after a change (a minute); the release-style columns are copied
@@ -9,15 +9,22 @@ ripu_jax's cases are all timed first, back to back (a minute or two), then the r
 version's (half an hour at the default sizes): on a shared machine whose speed drifts over
 minutes, ripu_jax's figures and the floor then come from the same stretch of time.
 
-For each image size and case (RA k=1 at 2.2% and 5% of pixels over 5 rounds; PA k=25 and
-k=32 with 40 pixels over 5 rounds), on the same logits (C = 19, one image):
+For each label size and case (RA k=1 at 2.2% and 5% of pixels over 5 rounds; PA k=25 and
+k=32 with 40 pixels over 5 rounds), on one image's logits (C = 19), along two paths:
+
+* network (the trainer's round, first): logits at the network's output resolution (the input
+  size / --output-stride; the input is --input-size, the release's 640x1280, or the label
+  size when that is smaller), upsampled to the input size and then to the label size, as
+  the release's rounds do;
+* label: logits already at the label size (the upsample left out).
 
 * ripu_jax: score pass, greedy selection, and the whole round as `select_round` compiles it
   (all in: finiteness check, scores, selection, masks); medians of --runs timed runs after
   one warm-up (compilation excluded), the three calls and the floor taking turns so that
   they see the same machine load (the JSON also keeps the all-in call's fastest and slowest
   run).
-* release-style: box sums as depthwise convolutions (`lax.conv_general_dilated`, as the
+* release-style: the same two upsamples (two-tap bilinear, as F.interpolate computes it) on
+  the network path, box sums as depthwise convolutions (`lax.conv_general_dilated`, as the
   release's conv2d) and one full-map arg-max per pick (numpy loop), written from the method
   description. Its picks are checked against ripu_jax's greedy on the same score map.
 * floor: the softmax-entropy pass alone (it reads the logits once), timed in turns with each
@@ -38,6 +45,7 @@ import os
 import platform
 import statistics
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +53,22 @@ from jax import lax
 import numpy as np
 
 from ripu_jax import acquisition
+from ripu_jax import image_ops
 from ripu_jax.acquisition import greedy as greedy_lib
 from ripu_jax.acquisition import scores as scores_lib
 from ripu_jax.acquisition import selection_round
 
 NUM_CLASSES = 19
+PATHS = ("network", "label")
+
+
+class Path(NamedTuple):
+  """Where a case's logits start: at the network's resolution (`input_size` set) or at the
+  label size."""
+  name: str
+  logits: jax.Array  # [1, h, w, C]
+  label_size: tuple[int, int]
+  input_size: tuple[int, int] | None
 CASES = [  # name, kind, radius, ratio or pixels
     ("RA k=1 2.2%", "ra", 1, 0.022),
     ("RA k=1 5%", "ra", 1, 0.05),
@@ -61,7 +80,8 @@ CASES = [  # name, kind, radius, ratio or pixels
 def realistic_logits(height: int, width: int, seed: int = 0) -> jax.Array:
   """Coherent class regions (low-res logits upsampled, as a segmentation net's) plus noise."""
   key_coarse, key_noise = jax.random.split(jax.random.key(seed))
-  coarse = jax.random.normal(key_coarse, (1, height // 16, width // 16, NUM_CLASSES)) * 4.0
+  coarse = jax.random.normal(
+      key_coarse, (1, max(1, height // 16), max(1, width // 16), NUM_CLASSES)) * 4.0
   logits = acquisition.upsample_logits(coarse, (height, width))
   logits = logits + 0.3 * jax.random.normal(key_noise, logits.shape)
   return jax.block_until_ready(logits)
@@ -105,8 +125,11 @@ def _box_conv(x: jax.Array, radius: int) -> jax.Array:
                                   feature_group_count=channels)
 
 
-@jax.jit(static_argnames=("radius", "mode"))
-def release_style_score(logits, radius, mode):
+@jax.jit(static_argnames=("radius", "mode", "label_size", "input_size"))
+def release_style_score(logits, radius, mode, label_size=None, input_size=None):
+  if label_size is not None:  # the network path: F.interpolate to the input, then the label
+    logits = image_ops.resize_bilinear_taps(
+        image_ops.resize_bilinear_taps(logits, input_size), label_size)
   p = jax.nn.softmax(logits, axis=-1)
   entropy = -jnp.sum(p * jnp.log(p + 1e-6), axis=-1, keepdims=True)
   onehot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), NUM_CLASSES, dtype=jnp.float32)
@@ -160,14 +183,19 @@ def make_plan(kind, height, width, radius, budget):
                                 pixels=budget if kind == "pa" else None)
 
 
-def bench_ripu_jax(logits, name, plan, runs, floor_fn) -> tuple[dict, np.ndarray]:
-  """ripu_jax's timings, memory and the floor for one case; also returns its score map."""
-  _, height, width, _ = logits.shape
+def bench_ripu_jax(path, name, plan, runs, floor) -> tuple[dict, np.ndarray]:
+  """ripu_jax's timings, memory and the floor for one case; also returns its score map.
+
+  path: Path; floor: (function, its label-size logits), the machine-speed gauge.
+  """
+  logits = path.logits
+  height, width = path.label_size
   excluded = jnp.zeros((1, height, width), bool)
   strategy = acquisition.get_strategy("ripu")
   keys = jax.random.key(0)[None]
 
   def score_fn(x):
+    x = image_ops.upsample_to_labels(x, path.label_size, path.input_size)
     return strategy(x, radius=plan.radius, mode=plan.mode, keys=keys)
 
   def select_fn(score):
@@ -177,7 +205,7 @@ def bench_ripu_jax(logits, name, plan, runs, floor_fn) -> tuple[dict, np.ndarray
 
   # The whole round exactly as `acquisition.select_round` compiles it (device-resident inputs).
   round_fn = selection_round._compiled_round(  # pylint: disable=protected-access
-      acquisition.default_mesh(), "ripu", (height, width), plan)
+      acquisition.default_mesh(), "ripu", (height, width), plan, path.input_size)
   ids, seed = jnp.zeros((1,), jnp.int32), jnp.int32(0)
 
   score_jit, select_jit = jax.jit(score_fn), jax.jit(select_fn)
@@ -186,27 +214,33 @@ def bench_ripu_jax(logits, name, plan, runs, floor_fn) -> tuple[dict, np.ndarray
       "score": lambda: score_jit(logits),
       "select": lambda: select_jit(score),
       "total": lambda: round_fn((logits,), excluded, ids, seed),
-      "floor": lambda: floor_fn(logits),
+      "floor": lambda: floor[0](floor[1]),
   }, runs)
   selection, _ = results["total"]
   row = {
-      "case": name, "size": f"{height}x{width}", "picks_per_image": plan.num_picks,
+      "case": name, "size": f"{height}x{width}", "path": path.name,
+      "logits_size": "x".join(str(v) for v in logits.shape[1:3]),
+      "input_size": "x".join(str(v) for v in path.input_size) if path.input_size else None,
+      "picks_per_image": plan.num_picks,
       "ripu_jax_score_ms": times["score"]["median"],
       "ripu_jax_select_ms": times["select"]["median"],
       "ripu_jax_total_ms": times["total"]["median"],
       "ripu_jax_total_ms_min_max": [times["total"]["min"], times["total"]["max"]],
       "ripu_jax_extra_memory_bytes": round_memory_bytes(round_fn, (logits,), excluded, ids, seed),
-      "logits_bytes": int(logits.size * logits.dtype.itemsize),
+      # Label-size logits on both paths, so the ratio reads the same.
+      "logits_bytes": int(floor[1].size * floor[1].dtype.itemsize),
       "picks_made": int((np.asarray(selection.picks)[0, :, 0] >= 0).sum()),
       "floor_entropy_ms": times["floor"]["median"],
   }
   return row, np.asarray(score)[0]
 
 
-def bench_release_style(logits, plan, score: np.ndarray, runs: int) -> dict:
+def bench_release_style(path, plan, score: np.ndarray, runs: int) -> dict:
   """The release-style version's timings, and whether ripu_jax's greedy matches its picks."""
+  sizes = ({"label_size": path.label_size, "input_size": path.input_size}
+           if path.input_size else {})
   base_score_ms, base_score = timed(
-      lambda: release_style_score(logits, plan.radius, plan.mode), runs)
+      lambda: release_style_score(path.logits, plan.radius, plan.mode, **sizes), runs)
   base_score = np.asarray(base_score)[0]
   base_select_ms, base_picks = timed(
       lambda: release_style_select(base_score, plan.num_picks, plan.suppress_radius), runs)
@@ -226,7 +260,8 @@ def bench_release_style(logits, plan, score: np.ndarray, runs: int) -> dict:
 
 
 def earlier_release_style(path: str | None) -> tuple[dict, str | None]:
-  """({(size, case): release-style fields}, its command) from an earlier run's JSON."""
+  """({(size, path, case): release-style fields}, its command) from an earlier run's JSON
+  (rows without a path are the label path's: earlier versions timed only that one)."""
   if not path:
     return {}, None
   try:
@@ -237,15 +272,21 @@ def earlier_release_style(path: str | None) -> tuple[dict, str | None]:
     raise SystemExit(f"--baselines-from {path}: cannot read an earlier benchmark JSON ({e}); "
                      "give the --out file of an earlier run, or leave the option out to time "
                      "the release-style version again")
-  return {(r["size"], r["case"]): {k: v for k, v in r.items() if k.startswith("release_style")
-                                   or k in ("same_picks_on_release_scores",
-                                            "max_abs_score_diff_vs_release_style")}
+  return {(r["size"], r.get("path", "label"), r["case"]): {
+      k: v for k, v in r.items() if k.startswith("release_style")
+      or k in ("same_picks_on_release_scores", "max_abs_score_diff_vs_release_style")}
           for r in rows if "release_style_total_ms" in r}, earlier.get("meta", {}).get("command")
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--sizes", default="640x1280,1024x2048")
+  parser.add_argument("--sizes", default="640x1280,1024x2048", help="label sizes")
+  parser.add_argument("--paths", default="network,label",
+                      help="network (the trainer's: logits at the network's resolution) "
+                           "and/or label (logits already at the label size)")
+  parser.add_argument("--input-size", default="640x1280",
+                      help="the network's input on the network path (the release's target)")
+  parser.add_argument("--output-stride", type=int, default=8)
   parser.add_argument("--runs", type=int, default=5, help="timed runs of ripu_jax (>= 3)")
   parser.add_argument("--baseline-runs", type=int, default=3,
                       help="timed runs of the release-style RA version (0 skips it)")
@@ -258,6 +299,10 @@ def main():
   args = parser.parse_args()
   if args.runs < 3:
     parser.error("--runs must be at least 3 (the table reports medians)")
+  paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+  if not paths or any(p not in PATHS for p in paths):
+    parser.error(f"--paths must list some of {PATHS}, got {args.paths!r}")
+  input_h, input_w = (int(v) for v in args.input_size.lower().split("x"))
   reused, reused_command = earlier_release_style(args.baselines_from)
 
   # ripu_jax and the floor first, all cases back to back: their figures come from the same
@@ -265,35 +310,43 @@ def main():
   rows, cases = [], []
   for size in args.sizes.split(","):
     height, width = (int(v) for v in size.lower().split("x"))
-    logits = realistic_logits(height, width)
-    floor_fn = jax.jit(lambda x: scores_lib.pixel_stats(x).entropy)
-    for name, kind, radius, budget in CASES:
-      plan = make_plan(kind, height, width, radius, budget)
-      row, score = bench_ripu_jax(logits, name, plan, args.runs, floor_fn)
-      rows.append(row)
-      cases.append((logits, plan, score))
-      print(json.dumps(row), flush=True)
+    label_logits = realistic_logits(height, width)
+    floor = (jax.jit(lambda x: scores_lib.pixel_stats(x).entropy), label_logits)
+    for path_name in paths:
+      if path_name == "network":
+        input_size = (min(input_h, height), min(input_w, width))
+        path = Path("network", realistic_logits(
+            *(-(-v // args.output_stride) for v in input_size)), (height, width), input_size)
+      else:
+        path = Path("label", label_logits, (height, width), None)
+      for name, kind, radius, budget in CASES:
+        plan = make_plan(kind, height, width, radius, budget)
+        row, score = bench_ripu_jax(path, name, plan, args.runs, floor)
+        rows.append(row)
+        cases.append((path, plan, score))
+        print(json.dumps(row), flush=True)
 
-  for row, (logits, plan, score) in zip(rows, cases):
-    key = (row["size"], row["case"])
+  for row, (path, plan, score) in zip(rows, cases):
+    key = (row["size"], row["path"], row["case"])
     if key in reused:
       row.update(reused[key], release_style_from=args.baselines_from)
       continue
     runs = args.baseline_pa_runs if plan.mode == "pixel" else args.baseline_runs
     if runs > 0:
-      row.update(bench_release_style(logits, plan, score, runs))
+      row.update(bench_release_style(path, plan, score, runs))
       print(json.dumps(row), flush=True)
 
-  header = ("| size | case | picks | ripu_jax score | select | all in | extra mem / logits "
-            "| release-style score | select | total | floor (entropy) |")
-  lines = [header, "|" + "---|" * 11]
+  header = ("| size | path (logits) | case | picks | ripu_jax score | select | all in "
+            "| extra mem / logits | release-style score | select | total | floor (entropy) |")
+  lines = [header, "|" + "---|" * 12]
   for r in rows:
     base = (f"{r['release_style_score_ms']:.0f} ms | {r['release_style_select_ms']:.0f} ms | "
             f"{r['release_style_total_ms'] / 1e3:.2f} s"
             + ("" if r["same_picks_on_release_scores"] else " (picks differ!)")
             if "release_style_total_ms" in r else "skipped | skipped | skipped")
     lines.append(
-        f"| {r['size']} | {r['case']} | {r['picks_per_image']} | "
+        f"| {r['size']} | {r['path']} ({r['logits_size']}) | {r['case']} | "
+        f"{r['picks_per_image']} | "
         f"{r['ripu_jax_score_ms']:.0f} ms | {r['ripu_jax_select_ms']:.0f} ms | "
         f"**{r['ripu_jax_total_ms']:.0f} ms** | "
         f"{r['ripu_jax_extra_memory_bytes'] / r['logits_bytes']:.2f}x | {base} | "

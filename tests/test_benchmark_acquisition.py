@@ -16,9 +16,12 @@ def test_tiny_benchmark_writes_a_consistent_table(tmp_path):
        "--out", str(out)],
       check=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
   result = json.loads(out.read_text())
-  assert [row["case"] for row in result["rows"]] == [
-      "RA k=1 2.2%", "RA k=1 5%", "PA k=25 40px", "PA k=32 40px"]
+  cases = ["RA k=1 2.2%", "RA k=1 5%", "PA k=25 40px", "PA k=32 40px"]
+  assert [(row["path"], row["case"]) for row in result["rows"]] == (
+      [("network", case) for case in cases] + [("label", case) for case in cases])
   for row in result["rows"]:
+    # The trainer's path starts at the network's output (the input, 48x96, over stride 8).
+    assert row["logits_size"] == ("6x12" if row["path"] == "network" else "48x96"), row
     # ripu_jax's greedy on the release-style score map makes the release-style loop's picks,
     # and the two score maps agree.
     assert row["same_picks_on_release_scores"], row
@@ -28,7 +31,8 @@ def test_tiny_benchmark_writes_a_consistent_table(tmp_path):
     assert 0 < fastest <= row["ripu_jax_total_ms"] <= slowest, row
     assert 0 < row["ripu_jax_extra_memory_bytes"]
     assert 0 < row["floor_entropy_ms"], row  # timed with each case, in turns
-  assert "| 48x96 | PA k=32 40px |" in result["table"]
+  assert "| 48x96 | network (6x12) | PA k=32 40px |" in result["table"]
+  assert "| 48x96 | label (48x96) | PA k=32 40px |" in result["table"]
 
 
 def test_release_style_columns_can_be_reused(tmp_path):
@@ -46,9 +50,11 @@ def test_release_style_columns_can_be_reused(tmp_path):
        "--baselines-from", str(tmp_path / "earlier.json"), "--out", str(out)],
       check=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
   result = json.loads(out.read_text())
-  rows = {row["case"]: row for row in result["rows"]}
-  assert rows["RA k=1 2.2%"]["release_style_total_ms"] == 10.0
-  assert rows["RA k=1 2.2%"]["ripu_jax_total_ms"] != 999.0  # measured again, not copied
-  assert "release_style_total_ms" not in rows["PA k=32 40px"]  # not in the earlier file
+  rows = {(row["path"], row["case"]): row for row in result["rows"]}
+  # An earlier row without a path is the label path's (earlier versions timed only that).
+  assert rows[("label", "RA k=1 2.2%")]["release_style_total_ms"] == 10.0
+  assert rows[("label", "RA k=1 2.2%")]["ripu_jax_total_ms"] != 999.0  # measured, not copied
+  assert "release_style_total_ms" not in rows[("network", "RA k=1 2.2%")]
+  assert "release_style_total_ms" not in rows[("label", "PA k=32 40px")]  # not in the file
   assert result["meta"]["release_style_command"] == earlier["meta"]["command"]
   assert "made with `python scripts/benchmark_acquisition.py --sizes 48x96`" in result["table"]

@@ -24,10 +24,15 @@ from ripu_jax.methods.labor import selection
 # ---------------------------------------------------------------------- oracles
 
 
-def oracle_inconsistency(logits1, logits2, label_size):
-  """One image [h, w, C] per head -> (mask, discrepancy), float64, pixel by pixel."""
-  p1 = oracle.softmax(oracle.bilinear_align_corners(logits1, *label_size))
-  p2 = oracle.softmax(oracle.bilinear_align_corners(logits2, *label_size))
+def oracle_inconsistency(logits1, logits2, label_size, input_size=None):
+  """One image [h, w, C] per head -> (mask, discrepancy), float64, pixel by pixel; through
+  `input_size` first when given, as the release's rounds upsample."""
+  def upsample(logits):
+    if input_size is not None:
+      logits = oracle.bilinear_align_corners(logits, *input_size)
+    return oracle.bilinear_align_corners(logits, *label_size)
+  p1 = oracle.softmax(upsample(logits1))
+  p2 = oracle.softmax(upsample(logits2))
   return p1.argmax(-1) != p2.argmax(-1), np.abs(p1 - p2).sum(-1), p1, p2
 
 
@@ -68,17 +73,19 @@ def oracle_ppl(mask, probs, excluded, quota):
 # ---------------------------------------------------------------------- selection math
 
 
-def test_inconsistency_matches_the_oracle_at_the_label_size():
+@pytest.mark.parametrize("input_size", [None, (5, 8)])
+def test_inconsistency_matches_the_oracle_at_the_label_size(input_size):
   rng = np.random.default_rng(0)
   logits1 = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)
   logits2 = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)
   label_size = (7, 11)
-  mask, discrepancy = jax.jit(selection.inconsistency, static_argnums=2)(
-      logits1, logits2, label_size)
+  mask, discrepancy = jax.jit(selection.inconsistency, static_argnums=(2, 3))(
+      logits1, logits2, label_size, input_size)
   assert mask.shape == discrepancy.shape == (2, 7, 11)
   assert mask.dtype == jnp.bool_ and discrepancy.dtype == jnp.float32
   for b in range(2):
-    want_mask, want_d, p1, p2 = oracle_inconsistency(logits1[b], logits2[b], label_size)
+    want_mask, want_d, p1, p2 = oracle_inconsistency(logits1[b], logits2[b], label_size,
+                                                     input_size)
     np.testing.assert_allclose(np.asarray(discrepancy[b]), want_d, atol=1e-5)
     # Compare the arg-max only where neither head is within rounding of a tie.
     clear = np.ones(label_size, bool)
@@ -170,6 +177,7 @@ def test_ppl_prototype_ties_and_classes_beyond_the_quota():
 # ---------------------------------------------------------------------- acquirers
 
 SHAPE = (24, 40)  # label size of every pool image
+INPUT_SIZE = (8, 8)  # the images the network sees: logits reach SHAPE through it
 NUM_IMAGES, NUM_CLASSES = 4, 5
 
 
@@ -194,7 +202,7 @@ def _pool(round_number, networks, *, batch_size=2, num_overlays=1, calls=None,
     for start in range(0, NUM_IMAGES, batch_size):
       index = np.arange(start, start + batch_size) % NUM_IMAGES
       label_size = np.tile(SHAPE, (batch_size, 1)) if sizes is None else sizes[index]
-      yield {"image": index.astype(np.float32)[:, None, None, None] * np.ones((1, 8, 8, 3)),
+      yield {"image": index.astype(np.float32)[:, None, None, None] * np.ones((1, *INPUT_SIZE, 3)),
              "index": index, "label_size": label_size,
              "valid": np.arange(start, start + batch_size) < NUM_IMAGES}
 
@@ -233,12 +241,12 @@ def _expected_maps(networks, options, probs_from):
   """Host-side mask [N, H, W] and probabilities [N, H, W, C] the purchase must read."""
   network, (first, second) = options.heads
   heads = networks[network]
-  mask, _ = selection.inconsistency(heads[first], heads[second], SHAPE)
+  mask, _ = selection.inconsistency(heads[first], heads[second], SHAPE, INPUT_SIZE)
   if probs_from == "heads":
-    probs = (selection.probabilities(heads[first], SHAPE)
-             + selection.probabilities(heads[second], SHAPE)) / 2
+    probs = (selection.probabilities(heads[first], SHAPE, INPUT_SIZE)
+             + selection.probabilities(heads[second], SHAPE, INPUT_SIZE)) / 2
   else:
-    probs = selection.probabilities(networks["model"]["logits"], SHAPE)
+    probs = selection.probabilities(networks["model"]["logits"], SHAPE, INPUT_SIZE)
   return np.asarray(mask), np.asarray(probs)
 
 
@@ -308,7 +316,7 @@ def test_spl_cap_keeps_the_most_discrepant_pixels():
   acquirer, _, rounds = _run_two_rounds(config, networks)
   network, (first, second) = acquirer.options.heads
   mask, discrepancy = (np.asarray(x) for x in selection.inconsistency(
-      networks[network][first], networks[network][second], SHAPE))
+      networks[network][first], networks[network][second], SHAPE, INPUT_SIZE))
   for image in rounds[0][0].images:
     want = selection.spl_pixels(mask[image.index], discrepancy[image.index],
                                 np.zeros(SHAPE, bool), 24)  # ceil(0.05 * 960 * 1 / 2)

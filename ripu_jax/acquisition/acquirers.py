@@ -215,7 +215,7 @@ class GreedyRounds(ScheduledRounds):
       selection = select_round(
           outputs, plan=plan, strategy=name, label_size=label_size, excluded=excluded,
           image_ids=np.asarray(indices, np.int32), seed=pool.seed, image_names=names,
-          mesh=pool.mesh)
+          mesh=pool.mesh, input_size=batch["image"].shape[1:3])
       for j in np.flatnonzero(batch["valid"]):
         picks = selection.picks[j][selection.picks[j, :, 0] >= 0]
         ledger.record(pool.round_number, indices[j], picks)
@@ -230,7 +230,8 @@ class GreedyRounds(ScheduledRounds):
   @staticmethod
   def _overlay(strategy, inputs, outputs, j, image, name, index, labeled, plan, label_size,
                seed) -> Overlay:
-    upsampled = [image_ops.upsample_logits(outputs[key][j:j + 1], label_size) for key in inputs]
+    upsampled = [image_ops.upsample_to_labels(outputs[key][j:j + 1], label_size,
+                                              np.shape(image)[:2]) for key in inputs]
     key = jax.random.fold_in(jax.random.key(seed), index)[None]
     score = strategy(*upsampled, radius=plan.radius, mode=plan.mode, keys=key)[0]
     prediction = np.asarray(jnp.argmax(upsampled[0][0], -1))

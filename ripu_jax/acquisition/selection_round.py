@@ -74,7 +74,7 @@ class CompiledRound(NamedTuple):
 
 @functools.lru_cache(maxsize=32)
 def _compiled_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
-                    plan: RoundPlan) -> CompiledRound:
+                    plan: RoundPlan, input_size: tuple[int, int] | None) -> CompiledRound:
   strategy = get_strategy(strategy_name)
   batch = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
@@ -86,7 +86,7 @@ def _compiled_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
 
   def score_images(inputs, image_ids, seed):
     finite = functools.reduce(jnp.logical_and, [finite_per_image(x) for x in inputs])
-    inputs = [image_ops.resize_bilinear(x.astype(jnp.float32), label_size) for x in inputs]
+    inputs = [image_ops.upsample_to_labels(x, label_size, input_size) for x in inputs]
     base = jax.random.key(seed)
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(image_ids)
     score = strategy(*inputs, radius=plan.radius, mode=plan.mode, keys=keys)
@@ -101,12 +101,15 @@ def _compiled_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
 
 def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
                  label_size: tuple[int, int] | None = None, excluded=None, image_ids=None,
-                 seed: int = 0, image_names=None, mesh: Mesh | None = None) -> Selection:
+                 seed: int = 0, image_names=None, mesh: Mesh | None = None,
+                 input_size: tuple[int, int] | None = None) -> Selection:
   """Scores and selects on a batch of logits [B, h, w, C]; returns numpy picks and masks.
 
   logits: the logits, or a mapping of named model outputs holding every output the strategy
   reads (`strategies.model_outputs`), each [B, h, w, channels].
   label_size: (H, W) at which regions are scored and labelled (default: the logits' size).
+  input_size: (H, W) of the images the network saw: the logits reach the label size through
+  it, in two bilinear steps, as the release's rounds (default: one step).
   excluded: bool [B, H, W], pixels labelled or suppressed in earlier rounds.
   image_ids: int [B], each image's index in its dataset (seeds "random" per image; defaults to
   0..B-1). The batch must divide evenly over the mesh's devices.
@@ -148,7 +151,9 @@ def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
   image_ids = np.asarray(image_ids, np.int32)
   if image_ids.shape != (batch,):
     raise ValueError(f"image_ids must have shape ({batch},), got {image_ids.shape}")
-  run = _compiled_round(mesh, strategy, label_size, RoundPlan(*plan))
+  if input_size is not None:
+    input_size = tuple(int(v) for v in input_size)
+  run = _compiled_round(mesh, strategy, label_size, RoundPlan(*plan), input_size)
   selection, finite = run(inputs, excluded, image_ids, np.int32(seed))
   raise_if_not_finite(finite, image_names)
   return Selection(*(np.asarray(x) for x in selection))

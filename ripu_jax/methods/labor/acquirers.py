@@ -92,15 +92,15 @@ class LaborOptions:
                      f"{self.prototype_probs!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("label_size", "probs_from"))
-def _round_maps(head1, head2, logits, *, label_size, probs_from):
+@functools.partial(jax.jit, static_argnames=("label_size", "input_size", "probs_from"))
+def _round_maps(head1, head2, logits, *, label_size, input_size, probs_from):
   """(mask, discrepancy, probs or None) of a batch at the label size, on device."""
-  mask, discrepancy = selection.inconsistency(head1, head2, label_size)
+  mask, discrepancy = selection.inconsistency(head1, head2, label_size, input_size)
   if probs_from == "heads":
-    probs = (selection.probabilities(head1, label_size)
-             + selection.probabilities(head2, label_size)) / 2
+    probs = (selection.probabilities(head1, label_size, input_size)
+             + selection.probabilities(head2, label_size, input_size)) / 2
   elif probs_from == "model":
-    probs = selection.probabilities(logits, label_size)
+    probs = selection.probabilities(logits, label_size, input_size)
   else:
     probs = None
   return mask, discrepancy, probs
@@ -114,9 +114,9 @@ def _gather_rows(probs, flat):
                              axis=1)
 
 
-@functools.partial(jax.jit, static_argnames="label_size")
-def _prediction(logits, *, label_size):
-  return jnp.argmax(image_ops.upsample_logits(logits, label_size), axis=-1)
+@functools.partial(jax.jit, static_argnames=("label_size", "input_size"))
+def _prediction(logits, *, label_size, input_size):
+  return jnp.argmax(image_ops.upsample_to_labels(logits, label_size, input_size), axis=-1)
 
 
 def _bucket(count: int) -> int:
@@ -194,7 +194,9 @@ class LaborRounds(ScheduledRounds):
       want_overlay = len(overlays) < pool.num_overlays
       head1, head2, logits = self._batch_outputs(
           pool, batch["image"], with_model_logits=want_overlay or self.probs_from == "model")
+      input_size = tuple(batch["image"].shape[1:3])
       mask, discrepancy, probs = _round_maps(head1, head2, logits, label_size=label_size,
+                                             input_size=input_size,
                                              probs_from=self.probs_from)
       mask, discrepancy = np.asarray(mask), np.asarray(discrepancy)
       excluded = {j: ledger.excluded_mask(indices[j]) for j in rows}
@@ -205,7 +207,8 @@ class LaborRounds(ScheduledRounds):
         name = pool.name(indices[j])
         images.append(ImageRecord(indices[j], name, labeled, picks))
         if len(overlays) < pool.num_overlays:
-          prediction = np.asarray(_prediction(logits[j:j + 1], label_size=label_size))[0]
+          prediction = np.asarray(_prediction(
+              logits[j:j + 1], label_size=label_size, input_size=input_size))[0]
           overlays.append(Overlay(name, np.asarray(batch["image"][j]), prediction,
                                   discrepancy[j], labeled))
     return RoundResult(images, unit=self.unit, count=self._count(images), strategy=self.kind,

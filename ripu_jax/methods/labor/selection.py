@@ -8,7 +8,8 @@ The selector's two heads C1, C2 disagree on the pixels the adaptation is unsure 
   prototype_points(flat, rows, width=..., quota=...)                    PPL on candidates only
 
 The mask is taken at the label size (each query is one ground-truth pixel), from both heads
-upsampled bilinearly with align_corners (`image_ops.upsample_logits`), as RIPU's acquisition.
+upsampled bilinearly with align_corners through the network's input size
+(`image_ops.upsample_to_labels`), as RIPU's acquisition.
 The discrepancy d = sum_c |p1 - p2| is not in the paper; it only ranks pixels when SPL runs
 under a cap, so SPL can face RIPU-RA at an equal budget.
 
@@ -32,13 +33,15 @@ import numpy as np
 from ripu_jax import image_ops
 
 
-def probabilities(logits: jax.Array, label_size: Sequence[int]) -> jax.Array:
-  """float32 [B, H, W, C]: softmax of NHWC `logits` upsampled to `label_size` = (H, W)."""
-  return jax.nn.softmax(image_ops.upsample_logits(logits, label_size), axis=-1)
+def probabilities(logits: jax.Array, label_size: Sequence[int],
+                  input_size: Sequence[int] | None = None) -> jax.Array:
+  """float32 [B, H, W, C]: softmax of NHWC `logits` upsampled to `label_size` = (H, W)
+  (through `input_size`, the network's input, when given: `image_ops.upsample_to_labels`)."""
+  return jax.nn.softmax(image_ops.upsample_to_labels(logits, label_size, input_size), axis=-1)
 
 
-def inconsistency(logits1: jax.Array, logits2: jax.Array,
-                  label_size: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+def inconsistency(logits1: jax.Array, logits2: jax.Array, label_size: Sequence[int],
+                  input_size: Sequence[int] | None = None) -> tuple[jax.Array, jax.Array]:
   """(mask bool [B, H, W], discrepancy float32 [B, H, W]) of two heads at the label size.
 
   mask: the heads' arg-max classes differ. discrepancy: sum_c |p1 - p2| (in [0, 2]).
@@ -48,8 +51,8 @@ def inconsistency(logits1: jax.Array, logits2: jax.Array,
   if shape1 is None or len(shape1) != 4 or shape1 != shape2:
     raise ValueError(f"the two heads' logits must be NHWC of one shape, got {shape1} and "
                      f"{shape2}")
-  p1 = probabilities(logits1, label_size)
-  p2 = probabilities(logits2, label_size)
+  p1 = probabilities(logits1, label_size, input_size)
+  p2 = probabilities(logits2, label_size, input_size)
   mask = jnp.argmax(p1, axis=-1) != jnp.argmax(p2, axis=-1)
   return mask, jnp.abs(p1 - p2).sum(axis=-1)
 
