@@ -7,6 +7,9 @@ config into one clear error before anything runs. Sizes are (height, width).
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -14,6 +17,7 @@ from ripu_jax import hooks as hooks_lib
 from ripu_jax import methods  # noqa: F401  (registers the built-in methods)
 from ripu_jax import models
 from ripu_jax import optim
+from ripu_jax.acquisition import scores as acquisition_scores
 from ripu_jax.acquisition.acquirers import ACQUIRERS
 from ripu_jax.data import catalog
 from ripu_jax.data import labels as labels_lib
@@ -87,6 +91,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.active.batch_size = 2  # target images scored per selection batch
   config.active.num_overlays = 4  # pictures per round under workdir/rounds/<r>/overlays
 
+  config.acquisition = ml_collections.ConfigDict()
+  # Score code of the rounds: "cpu" (tuned for XLA on CPU), "reduce_window" (for GPU/TPU) or
+  # "auto" (the one for the platform the rounds run on). Same scores to float32 rounding.
+  config.acquisition.impl = "auto"
+
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 2_000
   config.eval.size = (640, 1280)
@@ -114,6 +123,33 @@ def real_config(source: str, *, kind: str = "ra", objective: str = "ripu",
     config.active.radius = 9
     config.active.round_steps = (0, 2_000, 4_000, 6_000, 8_000)
   return config
+
+
+# Defaults of fields that plug-in groups gained after runs were recorded (the base config's
+# own come from `base_config()`): a run recorded without one ran as with this value.
+GROUP_FIELD_DEFAULTS = {"labor.gan_loss": "bce"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """A config as JSON ({group: {field: value}}) -> {"group.field": value}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def field_defaults() -> dict[str, Any]:
+  """{dotted field: default}, as config.json writes them (tuples as lists).
+
+  A field added to the config keeps the earlier behaviour at its default, so a recorded
+  config without the field and a config with it at this value describe the same run.
+  """
+  defaults = flatten(json.loads(base_config().to_json_best_effort()))
+  defaults.update(json.loads(json.dumps(GROUP_FIELD_DEFAULTS)))
+  return defaults
 
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -233,6 +269,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.optim.max_iter >= 1, "optim.max_iter must be >= 1")
   _check(config.train.batch_size >= 1, "train.batch_size must be >= 1")
   _check(config.eval.every >= 1, f"eval.every must be >= 1, got {config.eval.every}")
+  _check(config.acquisition.impl in acquisition_scores.IMPLS,
+         f"acquisition.impl must be one of {acquisition_scores.IMPLS}, got "
+         f"{config.acquisition.impl!r}")
   _check(config.active.num_overlays >= 0,
          f"active.num_overlays must be >= 0, got {config.active.num_overlays}")
   optim_config = config.optim

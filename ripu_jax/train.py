@@ -143,7 +143,8 @@ class Trainer:
                                    keep=config.keep_checkpoints)
     workdir_lib.record_config(
         self.workdir, config.to_json_best_effort(indent=1, sort_keys=True),
-        checkpoint_step=self.checkpoints.latest_step(), allow_changes=allow_config_change)
+        checkpoint_step=self.checkpoints.latest_step(), allow_changes=allow_config_change,
+        defaults=config_lib.field_defaults())
     restored = self.checkpoints.restore(state=self.state)
     self.step = 0
     progress = {}

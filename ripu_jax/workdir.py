@@ -10,7 +10,9 @@ Rules: while the workdir holds no checkpoint, a rerun may use another config (it
 config.json: nothing computed depends on it yet). Once a checkpoint exists, a rerun with a
 different config is refused, naming the fields, unless each differing field is allowed
 explicitly (`--allow_config_change=num_steps,eval.every`); what changed is then recorded.
-`progress_bars` and `model.init_from` (used only by a fresh start) may always differ.
+`progress_bars`, `model.init_from` (used only by a fresh start) and `acquisition.impl` may
+always differ, and a field added to ripu_jax after the run was recorded does not count while
+it is at the default that keeps the earlier behaviour.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from ripu_jax.errors import WorkdirError
 LOCK_FILE = "lock"
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
-# Fields that never change what a resumed run computes.
-FREE_FIELDS = ("progress_bars", "model.init_from")
+# Fields that never change what a resumed run computes (acquisition.impl: the score code, same
+# scores to float32 rounding; its "auto" already differs from machine to machine).
+FREE_FIELDS = ("progress_bars", "model.init_from", "acquisition.impl")
 _MISSING = "<absent>"
 
 
@@ -88,13 +91,25 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]
+def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any],
+                       defaults: Mapping[str, Any] | None = None
                        ) -> dict[str, tuple[Any, Any]]:
-  """field -> (recorded, current) for every field that differs, free fields left out."""
+  """field -> (recorded, current) for every field that differs, free fields left out.
+
+  A field the recorded config lacks (added to ripu_jax since) does not differ while the
+  current config holds it at its default in `defaults`, the value that keeps the earlier
+  behaviour.
+  """
   old, new = _flat(recorded), _flat(current)
+  defaults = defaults or {}
+
+  def differs(name: str) -> bool:
+    if name in FREE_FIELDS or old.get(name, _MISSING) == new.get(name, _MISSING):
+      return False
+    return not (name not in old and name in defaults and new.get(name) == defaults[name])
+
   return {name: (old.get(name, _MISSING), new.get(name, _MISSING))
-          for name in sorted(old.keys() | new.keys())
-          if old.get(name, _MISSING) != new.get(name, _MISSING) and name not in FREE_FIELDS}
+          for name in sorted(old.keys() | new.keys()) if differs(name)}
 
 
 def _allowed(name: str, allowed: Iterable[str]) -> bool:
@@ -102,11 +117,13 @@ def _allowed(name: str, allowed: Iterable[str]) -> bool:
 
 
 def record_config(workdir: str, config_json: str, *, checkpoint_step: int | None,
-                  allow_changes: Iterable[str] = ()) -> None:
+                  allow_changes: Iterable[str] = (),
+                  defaults: Mapping[str, Any] | None = None) -> None:
   """Writes config.json, or checks the rerun's config against it (see the module docstring).
 
   config_json: `config.to_json_best_effort(indent=1, sort_keys=True)`.
   checkpoint_step: the step the run resumes from, None when it has no checkpoint.
+  defaults: {dotted field: default} of fields added since (`config_lib.field_defaults()`).
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if checkpoint_step is None or not os.path.exists(path):
@@ -119,7 +136,7 @@ def record_config(workdir: str, config_json: str, *, checkpoint_step: int | None
     raise WorkdirError(f"{path} is not valid JSON ({error}); it records the config of the run "
                        "whose checkpoints are in this workdir. Restore it, or use a fresh "
                        "--workdir") from None
-  differences = config_differences(recorded, json.loads(config_json))
+  differences = config_differences(recorded, json.loads(config_json), defaults)
   if not differences:
     return
   allow_changes = tuple(allow_changes)

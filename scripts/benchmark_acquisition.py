@@ -4,6 +4,7 @@
   python scripts/benchmark_acquisition.py --sizes 256x512 --runs 3 --baseline-pa-runs 1
   python scripts/benchmark_acquisition.py --baselines-from benchmarks/acquisition.json
       # ripu_jax again after a change (a minute); the release-style columns are copied
+  python scripts/benchmark_acquisition.py --impls auto      # only the platform's own impl
 
 ripu_jax's cases are all timed first, back to back (a minute or two), then the release-style
 version's (half an hour at the default sizes): on a shared machine whose speed drifts over
@@ -19,14 +20,16 @@ k=32 with 40 pixels over 5 rounds), on one image's logits (C = 19), along two pa
 * label: logits already at the label size (the upsample left out).
 
 * ripu_jax: score pass, greedy selection, and the whole round as `select_round` compiles it
-  (all in: finiteness check, scores, selection, masks); medians of --runs timed runs after
-  one warm-up (compilation excluded), the three calls and the floor taking turns so that
-  they see the same machine load (the JSON also keeps the all-in call's fastest and slowest
-  run).
+  (all in: finiteness check, scores, selection, masks), for each score implementation in
+  --impls ("cpu" and "reduce_window" by default: one row each, field `impl`); medians of
+  --runs timed runs after one warm-up (compilation excluded), every impl's three calls and
+  the floor taking turns so that they see the same machine load (the JSON also keeps the
+  all-in call's fastest and slowest run).
 * release-style: the same two upsamples (two-tap bilinear, as F.interpolate computes it) on
   the network path, box sums as depthwise convolutions (`lax.conv_general_dilated`, as the
   release's conv2d) and one full-map arg-max per pick (numpy loop), written from the method
-  description. Its picks are checked against ripu_jax's greedy on the same score map.
+  description, timed once per case. Its picks are checked against ripu_jax's greedy on the
+  same score map, and its score map against each impl's.
 * floor: the softmax-entropy pass alone (it reads the logits once), timed in turns with each
   case's ripu_jax calls: a fixed amount of work, so it gauges the machine's speed during
   that case.
@@ -39,6 +42,7 @@ with the logits' size. Prints a markdown table and writes JSON (--out).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -57,9 +61,13 @@ from ripu_jax import image_ops
 from ripu_jax.acquisition import greedy as greedy_lib
 from ripu_jax.acquisition import scores as scores_lib
 from ripu_jax.acquisition import selection_round
+from ripu_jax.acquisition import strategies as strategies_lib
 
 NUM_CLASSES = 19
 PATHS = ("network", "label")
+# Release-style fields that compare with one impl's score map rather than time the
+# release-style code.
+PER_IMPL_FIELDS = ("max_abs_score_diff_vs_release_style",)
 
 
 class Path(NamedTuple):
@@ -183,60 +191,72 @@ def make_plan(kind, height, width, radius, budget):
                                 pixels=budget if kind == "pa" else None)
 
 
-def bench_ripu_jax(path, name, plan, runs, floor) -> tuple[dict, np.ndarray]:
-  """ripu_jax's timings, memory and the floor for one case; also returns its score map.
+def bench_ripu_jax(path, name, plan, runs, floor, impls) -> list[tuple[dict, np.ndarray]]:
+  """ripu_jax's timings, memory and the floor for one case: (row, score map) per impl.
 
-  path: Path; floor: (function, its label-size logits), the machine-speed gauge.
+  path: Path; floor: (function, its label-size logits), the machine-speed gauge. Every impl's
+  calls and the floor are timed in turns.
   """
   logits = path.logits
   height, width = path.label_size
   excluded = jnp.zeros((1, height, width), bool)
   strategy = acquisition.get_strategy("ripu")
   keys = jax.random.key(0)[None]
-
-  def score_fn(x):
-    x = image_ops.upsample_to_labels(x, path.label_size, path.input_size)
-    return strategy(x, radius=plan.radius, mode=plan.mode, keys=keys)
+  ids, seed = jnp.zeros((1,), jnp.int32), jnp.int32(0)
 
   def select_fn(score):
     return greedy_lib.select_batch(score, excluded, num_picks=plan.num_picks,
                                    label_radius=plan.label_radius,
                                    suppress_radius=plan.suppress_radius)
 
-  # The whole round exactly as `acquisition.select_round` compiles it (device-resident inputs).
-  round_fn = selection_round._compiled_round(  # pylint: disable=protected-access
-      acquisition.default_mesh(), "ripu", (height, width), plan, path.input_size)
-  ids, seed = jnp.zeros((1,), jnp.int32), jnp.int32(0)
+  select_jit = jax.jit(select_fn)
+  calls, rounds, scores = {}, {}, {}
+  for impl in impls:
+    def score_fn(x, impl=impl):
+      x = image_ops.upsample_to_labels(x, path.label_size, path.input_size)
+      return strategies_lib.call_strategy(strategy, x, radius=plan.radius, mode=plan.mode,
+                                          keys=keys, impl=impl)
 
-  score_jit, select_jit = jax.jit(score_fn), jax.jit(select_fn)
-  score = jax.block_until_ready(score_jit(logits))
-  times, results = timed_interleaved({
-      "score": lambda: score_jit(logits),
-      "select": lambda: select_jit(score),
-      "total": lambda: round_fn((logits,), excluded, ids, seed),
-      "floor": lambda: floor[0](floor[1]),
-  }, runs)
-  selection, _ = results["total"]
-  row = {
-      "case": name, "size": f"{height}x{width}", "path": path.name,
-      "logits_size": "x".join(str(v) for v in logits.shape[1:3]),
-      "input_size": "x".join(str(v) for v in path.input_size) if path.input_size else None,
-      "picks_per_image": plan.num_picks,
-      "ripu_jax_score_ms": times["score"]["median"],
-      "ripu_jax_select_ms": times["select"]["median"],
-      "ripu_jax_total_ms": times["total"]["median"],
-      "ripu_jax_total_ms_min_max": [times["total"]["min"], times["total"]["max"]],
-      "ripu_jax_extra_memory_bytes": round_memory_bytes(round_fn, (logits,), excluded, ids, seed),
-      # Label-size logits on both paths, so the ratio reads the same.
-      "logits_bytes": int(floor[1].size * floor[1].dtype.itemsize),
-      "picks_made": int((np.asarray(selection.picks)[0, :, 0] >= 0).sum()),
-      "floor_entropy_ms": times["floor"]["median"],
-  }
-  return row, np.asarray(score)[0]
+    score_jit = jax.jit(score_fn)
+    # The whole round exactly as `acquisition.select_round` compiles it (device-resident
+    # inputs).
+    round_fn = selection_round._compiled_round(  # pylint: disable=protected-access
+        acquisition.default_mesh(), "ripu", (height, width), plan, path.input_size, impl)
+    scores[impl] = jax.block_until_ready(score_jit(logits))
+    rounds[impl] = round_fn
+    calls[(impl, "score")] = functools.partial(score_jit, logits)
+    calls[(impl, "select")] = functools.partial(select_jit, scores[impl])
+    calls[(impl, "total")] = functools.partial(round_fn, (logits,), excluded, ids, seed)
+  calls["floor"] = lambda: floor[0](floor[1])
+  times, results = timed_interleaved(calls, runs)
+
+  out = []
+  for impl in impls:
+    selection, _ = results[(impl, "total")]
+    row = {
+        "case": name, "size": f"{height}x{width}", "path": path.name, "impl": impl,
+        "logits_size": "x".join(str(v) for v in logits.shape[1:3]),
+        "input_size": "x".join(str(v) for v in path.input_size) if path.input_size else None,
+        "picks_per_image": plan.num_picks,
+        "ripu_jax_score_ms": times[(impl, "score")]["median"],
+        "ripu_jax_select_ms": times[(impl, "select")]["median"],
+        "ripu_jax_total_ms": times[(impl, "total")]["median"],
+        "ripu_jax_total_ms_min_max": [times[(impl, "total")]["min"],
+                                      times[(impl, "total")]["max"]],
+        "ripu_jax_extra_memory_bytes": round_memory_bytes(rounds[impl], (logits,), excluded,
+                                                          ids, seed),
+        # Label-size logits on both paths, so the ratio reads the same.
+        "logits_bytes": int(floor[1].size * floor[1].dtype.itemsize),
+        "picks_made": int((np.asarray(selection.picks)[0, :, 0] >= 0).sum()),
+        "floor_entropy_ms": times["floor"]["median"],
+    }
+    out.append((row, np.asarray(scores[impl])[0]))
+  return out
 
 
-def bench_release_style(path, plan, score: np.ndarray, runs: int) -> dict:
-  """The release-style version's timings, and whether ripu_jax's greedy matches its picks."""
+def bench_release_style(path, plan, runs: int) -> tuple[dict, np.ndarray]:
+  """The release-style version's timings and whether ripu_jax's greedy matches its picks;
+  also returns its score map."""
   sizes = ({"label_size": path.label_size, "input_size": path.input_size}
            if path.input_size else {})
   base_score_ms, base_score = timed(
@@ -255,13 +275,13 @@ def bench_release_style(path, plan, score: np.ndarray, runs: int) -> dict:
       "release_style_total_ms": base_score_ms + base_select_ms,
       "release_style_runs": runs,
       "same_picks_on_release_scores": ours_picks == base_picks,
-      "max_abs_score_diff_vs_release_style": float(np.max(np.abs(score - base_score))),
-  }
+  }, base_score
 
 
 def earlier_release_style(path: str | None) -> tuple[dict, str | None]:
-  """({(size, path, case): release-style fields}, its command) from an earlier run's JSON
-  (rows without a path are the label path's: earlier versions timed only that one)."""
+  """({(size, path, case, impl): release-style fields}, its command) from an earlier run's
+  JSON (rows without a path are the label path's, rows without an impl the "cpu" impl's:
+  earlier versions timed only those)."""
   if not path:
     return {}, None
   try:
@@ -272,10 +292,22 @@ def earlier_release_style(path: str | None) -> tuple[dict, str | None]:
     raise SystemExit(f"--baselines-from {path}: cannot read an earlier benchmark JSON ({e}); "
                      "give the --out file of an earlier run, or leave the option out to time "
                      "the release-style version again")
-  return {(r["size"], r.get("path", "label"), r["case"]): {
+  return {(r["size"], r.get("path", "label"), r["case"], r.get("impl", "cpu")): {
       k: v for k, v in r.items() if k.startswith("release_style")
-      or k in ("same_picks_on_release_scores", "max_abs_score_diff_vs_release_style")}
+      or k in ("same_picks_on_release_scores",) + PER_IMPL_FIELDS}
           for r in rows if "release_style_total_ms" in r}, earlier.get("meta", {}).get("command")
+
+
+def reused_release_style(reused: dict, key: tuple) -> dict | None:
+  """The earlier release-style fields for a row's (size, path, case, impl) key: that impl's,
+  else (an impl the earlier run did not time) another impl's timings of the same case, which
+  do not depend on the impl, without the fields that compare with an impl's scores."""
+  if key in reused:
+    return reused[key]
+  for other, fields in reused.items():
+    if other[:3] == key[:3]:
+      return {k: v for k, v in fields.items() if k not in PER_IMPL_FIELDS}
+  return None
 
 
 def main():
@@ -287,6 +319,9 @@ def main():
   parser.add_argument("--input-size", default="640x1280",
                       help="the network's input on the network path (the release's target)")
   parser.add_argument("--output-stride", type=int, default=8)
+  parser.add_argument("--impls", default="cpu,reduce_window",
+                      help=f"score implementations to time, some of {scores_lib.IMPLS} "
+                           "('auto': the one the default backend's rounds use)")
   parser.add_argument("--runs", type=int, default=5, help="timed runs of ripu_jax (>= 3)")
   parser.add_argument("--baseline-runs", type=int, default=3,
                       help="timed runs of the release-style RA version (0 skips it)")
@@ -302,6 +337,10 @@ def main():
   paths = [p.strip() for p in args.paths.split(",") if p.strip()]
   if not paths or any(p not in PATHS for p in paths):
     parser.error(f"--paths must list some of {PATHS}, got {args.paths!r}")
+  impls = [p.strip() for p in args.impls.split(",") if p.strip()]
+  if not impls or any(i not in scores_lib.IMPLS for i in impls):
+    parser.error(f"--impls must list some of {scores_lib.IMPLS}, got {args.impls!r}")
+  impls = list(dict.fromkeys(scores_lib.resolve_impl(i) for i in impls))
   input_h, input_w = (int(v) for v in args.input_size.lower().split("x"))
   reused, reused_command = earlier_release_style(args.baselines_from)
 
@@ -321,31 +360,40 @@ def main():
         path = Path("label", label_logits, (height, width), None)
       for name, kind, radius, budget in CASES:
         plan = make_plan(kind, height, width, radius, budget)
-        row, score = bench_ripu_jax(path, name, plan, args.runs, floor)
-        rows.append(row)
-        cases.append((path, plan, score))
+        case_rows = bench_ripu_jax(path, name, plan, args.runs, floor, impls)
+        for row, _ in case_rows:
+          rows.append(row)
+          print(json.dumps(row), flush=True)
+        cases.append((path, plan, case_rows))
+
+  # The release-style version once per case, compared with every impl's score map.
+  for path, plan, case_rows in cases:
+    pending = []
+    for row, score in case_rows:
+      earlier = reused_release_style(
+          reused, (row["size"], row["path"], row["case"], row["impl"]))
+      if earlier is None:
+        pending.append((row, score))
+      else:
+        row.update(earlier, release_style_from=args.baselines_from)
+    runs = args.baseline_pa_runs if plan.mode == "pixel" else args.baseline_runs
+    if pending and runs > 0:
+      fields, base_score = bench_release_style(path, plan, runs)
+      for row, score in pending:
+        row.update(fields, max_abs_score_diff_vs_release_style=float(
+            np.max(np.abs(score - base_score))))
         print(json.dumps(row), flush=True)
 
-  for row, (path, plan, score) in zip(rows, cases):
-    key = (row["size"], row["path"], row["case"])
-    if key in reused:
-      row.update(reused[key], release_style_from=args.baselines_from)
-      continue
-    runs = args.baseline_pa_runs if plan.mode == "pixel" else args.baseline_runs
-    if runs > 0:
-      row.update(bench_release_style(path, plan, score, runs))
-      print(json.dumps(row), flush=True)
-
-  header = ("| size | path (logits) | case | picks | ripu_jax score | select | all in "
+  header = ("| size | path (logits) | case | impl | picks | ripu_jax score | select | all in "
             "| extra mem / logits | release-style score | select | total | floor (entropy) |")
-  lines = [header, "|" + "---|" * 12]
+  lines = [header, "|" + "---|" * 13]
   for r in rows:
     base = (f"{r['release_style_score_ms']:.0f} ms | {r['release_style_select_ms']:.0f} ms | "
             f"{r['release_style_total_ms'] / 1e3:.2f} s"
             + ("" if r["same_picks_on_release_scores"] else " (picks differ!)")
             if "release_style_total_ms" in r else "skipped | skipped | skipped")
     lines.append(
-        f"| {r['size']} | {r['path']} ({r['logits_size']}) | {r['case']} | "
+        f"| {r['size']} | {r['path']} ({r['logits_size']}) | {r['case']} | {r['impl']} | "
         f"{r['picks_per_image']} | "
         f"{r['ripu_jax_score_ms']:.0f} ms | {r['ripu_jax_select_ms']:.0f} ms | "
         f"**{r['ripu_jax_total_ms']:.0f} ms** | "
@@ -365,7 +413,8 @@ def main():
       "machine": platform.processor() or platform.machine(),
       "release_style_command": reused_command,
       "timing": ("median of --runs calls after a warm-up call, one image, wall clock; "
-                 "ripu_jax's score, select and all-in calls and the floor are timed in turns"),
+                 "ripu_jax's score, select and all-in calls of every impl and the floor are "
+                 "timed in turns"),
   }
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:

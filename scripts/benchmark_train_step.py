@@ -43,8 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--depth", type=int, default=101)
   parser.add_argument("--width-multiplier", type=float, default=1.0)
   parser.add_argument("--num-classes", type=int, default=19)
-  parser.add_argument("--height", type=int, default=256)
+  parser.add_argument("--height", type=int, default=256, help="target images (and source)")
   parser.add_argument("--width", type=int, default=512)
+  parser.add_argument("--source-height", type=int, default=None,
+                      help="source images, when they differ (the release: 720x1280)")
+  parser.add_argument("--source-width", type=int, default=None)
   parser.add_argument("--batch", type=int, default=1, help="images per domain")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
@@ -62,6 +65,13 @@ def peak_memory_mib() -> float:
   """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def peak_device_bytes() -> int | None:
+  """Peak memory in use on the first device (accelerators report it; the CPU does not)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return int(peak) if peak is not None else None
 
 
 class CompileTimer:
@@ -87,12 +97,13 @@ def make_batch(args: argparse.Namespace, seed: int = 0) -> dict[str, np.ndarray]
   """Random images and labels; target labels mostly unlabelled, as after acquisition."""
   rng = np.random.default_rng(seed)
   shape = (args.batch, args.height, args.width)
+  source_shape = (args.batch, args.source_height or args.height, args.source_width or args.width)
   target_labels = np.full(shape, 255, np.int32)
   labelled = rng.random(shape) < 0.05
   target_labels[labelled] = rng.integers(0, args.num_classes, labelled.sum())
   return {
-      "source_images": rng.standard_normal(shape + (3,), np.float32),
-      "source_labels": rng.integers(0, args.num_classes, shape).astype(np.int32),
+      "source_images": rng.standard_normal(source_shape + (3,), np.float32),
+      "source_labels": rng.integers(0, args.num_classes, source_shape).astype(np.int32),
       "target_images": rng.standard_normal(shape + (3,), np.float32),
       "target_labels": target_labels,
   }
@@ -106,6 +117,8 @@ def compare(args: argparse.Namespace, argv: list[str]) -> list[dict]:
   passed = [f"--model={args.model}", f"--depth={args.depth}",
             f"--width-multiplier={args.width_multiplier}", f"--num-classes={args.num_classes}",
             f"--height={args.height}", f"--width={args.width}", f"--batch={args.batch}",
+            *(f"--source-{side}={value}" for side, value in
+              (("height", args.source_height), ("width", args.source_width)) if value),
             f"--dtype={args.dtype}", f"--steps={args.steps}"]
   results = []
   with tempfile.TemporaryDirectory() as directory:
@@ -190,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
       "dtype": args.dtype,
       "height": args.height,
       "width": args.width,
+      "source_height": args.source_height or args.height,
+      "source_width": args.source_width or args.width,
       "batch_per_domain": args.batch,
       "source_free": objective_name == "source_free",
       "objective": objective_name,
@@ -205,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
       "cpu_seconds_per_step_median": statistics.median(cpu_times) if cpu_times else None,
       "load_average_1min": os.getloadavg()[0],
       "peak_rss_mib": peak_memory_mib(),
+      "peak_device_bytes": peak_device_bytes(),
       "final_loss": float(metrics["total"]),
       "jax_version": jax.__version__,
       "backend": jax.default_backend(),
@@ -220,7 +236,9 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     print(f"seconds per step (median of {len(times)}): {result['seconds_per_step_median']:.3f} "
           f"(CPU seconds {result['cpu_seconds_per_step_median']:.2f} on {os.cpu_count()} cores, "
           f"load average {result['load_average_1min']:.2f})")
-  print(f"peak RSS: {result['peak_rss_mib']:.0f} MiB")
+  print(f"peak RSS: {result['peak_rss_mib']:.0f} MiB"
+        + (f"; peak device memory {result['peak_device_bytes'] / 2**30:.2f} GiB"
+           if result["peak_device_bytes"] is not None else ""))
   suffix = "" if objective_name == "ripu" else f"_{objective_name}"
   output = args.output or os.path.join(
       "benchmarks",

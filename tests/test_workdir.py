@@ -78,6 +78,28 @@ def test_a_rerun_with_another_config_is_refused_unless_the_change_is_allowed(tmp
   train.train_and_evaluate(tiny_config(num_steps=12, progress_bars=True), workdir)
 
 
+def test_a_run_recorded_before_fields_were_added_still_resumes(tmp_path):
+  """Fields added since (at their default) are no difference; at another value they are."""
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(num_steps=9), workdir)
+  path = os.path.join(workdir, "config.json")
+  recorded = json.load(open(path))
+  for group, name in (("optim", "name"), ("optim", "schedule"), ("optim", "betas")):
+    del recorded[group][name]  # as a config.json written before these fields existed
+  del recorded["acquisition"]
+  with open(path, "w") as f:
+    json.dump(recorded, f)
+  assert train.train_and_evaluate(tiny_config(num_steps=11), workdir,
+                                  allow_config_change=("num_steps",))
+  recorded = json.load(open(path))
+  del recorded["optim"]["name"]
+  with open(path, "w") as f:
+    json.dump(recorded, f)
+  with pytest.raises(errors.WorkdirError, match="optim.name: '<absent>' in the workdir, "
+                                                "'adam' now"):
+    train.train_and_evaluate(tiny_config(num_steps=11, **{"optim.name": "adam"}), workdir)
+
+
 # 2. Two processes on one workdir.
 def test_a_second_process_is_refused_and_a_killed_ones_lock_does_not_block(tmp_path):
   workdir = str(tmp_path / "run")

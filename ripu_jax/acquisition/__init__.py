@@ -3,7 +3,9 @@
   scores = ripu_scores(logits, radius=1, mode="region")
   selection = greedy_select(scores.score, num_picks=1026, label_radius=1, suppress_radius=2)
 
-or, for a whole round on a device mesh, `select_round(logits, plan=plan_round(...))`.
+or, for a whole round on a device mesh, `select_round(logits, plan=plan_round(...))`. Both
+take `impl`: "cpu" (code tuned for XLA on CPU), "reduce_window" (for GPU/TPU) or "auto" (the
+default: the one for the platform they run on).
 """
 
 from ripu_jax.acquisition.budgets import pixels_per_round, regions_per_round

@@ -29,8 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ripu_jax import image_ops
+from ripu_jax.acquisition import scores as scores_lib
 from ripu_jax.acquisition import strategies as strategies_lib
-from ripu_jax.acquisition.selection_round import RoundPlan, plan_round, select_round
+from ripu_jax.acquisition.selection_round import (RoundPlan, mesh_platform, plan_round,
+                                                  select_round)
 from ripu_jax.errors import ConfigError
 from ripu_jax.registry import Registry
 
@@ -176,6 +178,7 @@ class GreedyRounds(ScheduledRounds):
 
   Reads active.strategy, active.radius (k), active.round_steps and the budget
   (active.ratio for RA, active.pixels for PA); the budget is split evenly over the rounds.
+  acquisition.impl chooses the score code of strategies that take it.
   """
   kind = ""  # "ra" or "pa"
   unit = ""
@@ -204,6 +207,8 @@ class GreedyRounds(ScheduledRounds):
   def run_round(self, pool: RoundPool, ledger) -> RoundResult:
     name = self.active.strategy
     strategy = strategies_lib.get_strategy(name)
+    # Resolved once, so the overlays' score maps come from the code that picked.
+    impl = scores_lib.resolve_impl(self.config.acquisition.impl, mesh_platform(pool.mesh))
     inputs = strategies_lib.model_outputs(strategy)
     images, overlays = [], []
     for batch, label_size in self.pool_batches(pool):
@@ -215,7 +220,7 @@ class GreedyRounds(ScheduledRounds):
       selection = select_round(
           outputs, plan=plan, strategy=name, label_size=label_size, excluded=excluded,
           image_ids=np.asarray(indices, np.int32), seed=pool.seed, image_names=names,
-          mesh=pool.mesh, input_size=batch["image"].shape[1:3])
+          mesh=pool.mesh, input_size=batch["image"].shape[1:3], impl=impl)
       for j in np.flatnonzero(batch["valid"]):
         picks = selection.picks[j][selection.picks[j, :, 0] >= 0]
         ledger.record(pool.round_number, indices[j], picks)
@@ -223,17 +228,18 @@ class GreedyRounds(ScheduledRounds):
         if len(overlays) < pool.num_overlays:
           overlays.append(self._overlay(strategy, inputs, outputs, j, batch["image"][j],
                                         names[j], indices[j], selection.labeled[j], plan,
-                                        label_size, pool.seed))
+                                        label_size, pool.seed, impl))
     return RoundResult(images, unit=self.unit, count=sum(len(r.picks) for r in images),
                        strategy=name, label_radius=ledger.label_radius, overlays=overlays)
 
   @staticmethod
   def _overlay(strategy, inputs, outputs, j, image, name, index, labeled, plan, label_size,
-               seed) -> Overlay:
+               seed, impl) -> Overlay:
     upsampled = [image_ops.upsample_to_labels(outputs[key][j:j + 1], label_size,
                                               np.shape(image)[:2]) for key in inputs]
     key = jax.random.fold_in(jax.random.key(seed), index)[None]
-    score = strategy(*upsampled, radius=plan.radius, mode=plan.mode, keys=key)[0]
+    score = strategies_lib.call_strategy(strategy, *upsampled, radius=plan.radius,
+                                         mode=plan.mode, keys=key, impl=impl)[0]
     prediction = np.asarray(jnp.argmax(upsampled[0][0], -1))
     return Overlay(name, np.asarray(image), prediction, np.asarray(score), labeled)
 

@@ -22,6 +22,28 @@ in-image pixels. How the work is laid out (measured on XLA CPU, see README "Acqu
 * Per-class window counts are laid out [B, rows, C, W], image columns innermost: every pass
   then reads contiguous memory, where a class-innermost layout reads each class with a
   stride of C (1.6x slower at 1024x2048, k=32).
+
+A second implementation, impl="reduce_window", is shaped for accelerators (GPU, TPU), whose
+compilers fuse and schedule plain array code well and have no use for the loop boundaries
+and barriers above:
+
+* Per-pixel maps are plain reductions over the class axis.
+* Window class histograms are [B, C, H, W] int32 counts of the one-hot pseudo label (image
+  columns innermost: coalesced on GPU, no padding of a 19-wide minor axis on TPU). Up to
+  REDUCE_WINDOW_MAX_RADIUS they are one zero-padded `lax.reduce_window`; beyond it a
+  cumulative-sum box filter per axis, whose cost does not grow with k and which is exact in
+  integers.
+* Entropy window sums are float32 `lax.reduce_window` at every k (separable beyond
+  REDUCE_WINDOW_MAX_RADIUS), not prefix sums: a float32 prefix sum along a 2048-pixel row
+  reaches ~6e3, where one rounding step is ~5e-4, so a 3x3 window's sum (~10) taken as a
+  difference of two would keep only about four digits.
+* The impurity applies the CPU count path's formula (k > DIRECT_MAX_RADIUS) term by term in
+  the same class order. The counts are exact in both implementations, so the impurities
+  differ only by the rounding of the logs and sums (XLA may evaluate one formula to 1 ulp
+  apart in different fusions), as do the entropies and window means.
+
+`impl="auto"` (the default everywhere) is "cpu" on a CPU backend and "reduce_window"
+elsewhere; both give the same scores to float32 rounding.
 """
 
 from __future__ import annotations
@@ -42,6 +64,14 @@ DIRECT_MAX_RADIUS = 2
 # Image rows handled per step of the running-sum scan (fewer, larger steps: less loop overhead).
 ROWS_PER_STEP = 8
 MODES = ("region", "pixel")
+IMPLS = ("auto", "reduce_window", "cpu")
+# Largest radius whose window sums are one (2k+1)^2 reduce_window. XLA's GPU and TPU
+# reduce_window read every tap of every window, so its cost grows as (2k+1)^2, while the
+# cumulative-sum filter costs, whatever k, about ten passes over the counts in memory (per
+# axis a scan, read and written, then one fused difference of two shifted reads). Taps mostly
+# hit the cache and passes do not, so the switch is put where the taps outnumber the passes
+# eightfold (81 taps at k=4): an estimate from memory traffic, exact on both sides.
+REDUCE_WINDOW_MAX_RADIUS = 4
 
 
 class Scores(NamedTuple):
@@ -82,6 +112,18 @@ def validate_mode(mode: str) -> str:
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   return mode
+
+
+def resolve_impl(impl: str, platform: str | None = None) -> str:
+  """The implementation `impl` names: "auto" is "cpu" on a CPU platform, else "reduce_window".
+
+  platform: where the scores run (a jax platform name; default: jax's default backend).
+  """
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+  if impl != "auto":
+    return impl
+  return "cpu" if (platform or jax.default_backend()) == "cpu" else "reduce_window"
 
 
 def raise_if_not_finite(finite, names=None) -> None:
@@ -152,17 +194,34 @@ def _pixel_stats(logits: jax.Array) -> PixelStats:
   return PixelStats(entropy=entropy, label=label, max_prob=inv_total)
 
 
-def pixel_stats(logits: jax.Array) -> PixelStats:
+def _pixel_stats_reduce_window(logits: jax.Array) -> PixelStats:
+  """pixel_stats as plain reductions over the class axis, for compilers that fuse them well."""
+  x = logits.astype(jnp.float32)
+  top = jnp.max(x, axis=-1, keepdims=True)
+  unnormalised = jnp.exp(x - top)
+  inv_total = 1.0 / jnp.sum(unnormalised, axis=-1, keepdims=True)
+  p = unnormalised * inv_total
+  entropy = -jnp.sum(p * jnp.log(p + EPS), axis=-1)
+  label = jnp.argmax(x, axis=-1).astype(jnp.int32)
+  return PixelStats(entropy=entropy, label=label, max_prob=inv_total[..., 0])
+
+
+def pixel_stats(logits: jax.Array, impl: str = "auto") -> PixelStats:
   """Entropy (the release's formula), pseudo label and max probability per pixel.
 
-  Three passes over the classes (maximum, softmax normaliser, entropy), each a fused loop
-  over strided class slices; the maps are materialised for the window code that reads them.
+  impl="cpu": three passes over the classes (maximum, softmax normaliser, entropy), each a
+  fused loop over strided class slices; the maps are materialised for the window code that
+  reads them. impl="reduce_window": reductions over the class axis, left to the compiler.
   """
+  if resolve_impl(impl) == "reduce_window":
+    return _pixel_stats_reduce_window(logits)
   return materialized(_pixel_stats, logits)
 
 
-def pseudo_label(logits: jax.Array) -> jax.Array:
-  """int32 [B, H, W] pseudo label (first maximum) alone, materialised: no softmax needed."""
+def pseudo_label(logits: jax.Array, impl: str = "auto") -> jax.Array:
+  """int32 [B, H, W] pseudo label (first maximum) alone: no softmax needed."""
+  if resolve_impl(impl) == "reduce_window":
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return materialized(lambda x: _top_and_label(x.astype(jnp.float32))[1], logits)
 
 
@@ -296,8 +355,64 @@ def _direct_impurity(label: jax.Array, radius: int, area: jax.Array) -> jax.Arra
   return jnp.log(area) - jnp.log(product) / area
 
 
-def region_impurity(label: jax.Array, num_classes: int, radius: int) -> jax.Array:
+def _box_sum_reduce_window(x: jax.Array, radius: int) -> jax.Array:
+  """Zero-padded (2r+1)^2 window sum over the last two axes: one reduce_window."""
+  side = 2 * radius + 1
+  lead = x.ndim - 2
+  return lax.reduce_window(x, np.zeros((), x.dtype), lax.add, (1,) * lead + (side, side),
+                           (1,) * x.ndim, ((0, 0),) * lead + ((radius, radius),) * 2)
+
+
+def _line_sum_reduce_window(x: jax.Array, radius: int, axis: int) -> jax.Array:
+  """Zero-padded window sum of width 2r+1 along one axis: one reduce_window."""
+  window = [1] * x.ndim
+  window[axis] = 2 * radius + 1
+  padding = [(0, 0)] * x.ndim
+  padding[axis] = (radius, radius)
+  return lax.reduce_window(x, np.zeros((), x.dtype), lax.add, window, (1,) * x.ndim, padding)
+
+
+def _line_sum_cumsum(x: jax.Array, radius: int, axis: int) -> jax.Array:
+  """Window sum of width 2r+1 along one axis, clipped at the ends, as a difference of prefix
+  sums: S[min(i + r, n - 1)] - S[i - r - 1] (0 before the start). Exact for integers."""
+  n = x.shape[axis]
+  prefix = jnp.cumsum(x, axis=axis)
+  end_pad = [(0, 0)] * x.ndim
+  end_pad[axis] = (0, radius)
+  start_pad = [(0, 0)] * x.ndim
+  start_pad[axis] = (radius + 1, 0)
+  upper = lax.slice_in_dim(jnp.pad(prefix, end_pad, mode="edge"), radius, radius + n, axis=axis)
+  lower = lax.slice_in_dim(jnp.pad(prefix, start_pad), 0, n, axis=axis)
+  return upper - lower
+
+
+def window_class_counts(label: jax.Array, num_classes: int, radius: int) -> jax.Array:
+  """int32 [B, C, H, W]: pixels of each class in each clipped (2r+1)^2 window of [B, H, W]."""
+  classes = jnp.arange(num_classes, dtype=label.dtype)[None, :, None, None]
+  onehot = (label[:, None] == classes).astype(jnp.int32)
+  if radius <= REDUCE_WINDOW_MAX_RADIUS:
+    return _box_sum_reduce_window(onehot, radius)
+  return _line_sum_cumsum(_line_sum_cumsum(onehot, radius, axis=2), radius, axis=3)
+
+
+def _region_impurity_reduce_window(label: jax.Array, num_classes: int,
+                                   radius: int) -> jax.Array:
+  """Region impurity from window class histograms, with the CPU count path's formula and
+  class order (log N - (1/N) sum_c n_c log(n_c + eps N), summed class 0 first)."""
+  _, height, width = label.shape
+  rows, cols = window_counts(height, width, radius)
+  area = jnp.asarray(rows)[:, None] * jnp.asarray(cols)[None, :]
+  counts = window_class_counts(label, num_classes, radius).astype(jnp.float32)
+  eps_area = EPS * area
+  acc = sum(counts[:, c] * jnp.log(counts[:, c] + eps_area) for c in range(num_classes))
+  return jnp.log(area) - acc / area
+
+
+def region_impurity(label: jax.Array, num_classes: int, radius: int,
+                    impl: str = "auto") -> jax.Array:
   """Region impurity in nats (not normalised) of a pseudo-label map [B, H, W]."""
+  if resolve_impl(impl) == "reduce_window":
+    return _region_impurity_reduce_window(label, num_classes, radius)
   _, height, width = label.shape
   rows, cols = window_counts(height, width, radius)
   if radius <= DIRECT_MAX_RADIUS:
@@ -319,13 +434,23 @@ def region_impurity(label: jax.Array, num_classes: int, radius: int) -> jax.Arra
   return impurity[:, :height]
 
 
-def window_mean(x: jax.Array, radius: int) -> jax.Array:
+def _window_sum_reduce_window(x: jax.Array, radius: int) -> jax.Array:
+  """Zero-padded float window sum of [B, H, W] by reduce_window: one 2-D window up to
+  REDUCE_WINDOW_MAX_RADIUS, rows then columns beyond (2(2k+1) taps instead of (2k+1)^2)."""
+  if radius <= REDUCE_WINDOW_MAX_RADIUS:
+    return _box_sum_reduce_window(x, radius)
+  return _line_sum_reduce_window(_line_sum_reduce_window(x, radius, axis=1), radius, axis=2)
+
+
+def window_mean(x: jax.Array, radius: int, impl: str = "auto") -> jax.Array:
   """Mean of a [B, H, W] map over each clipped (2r+1)^2 window (in-image pixels only)."""
   _, height, width = x.shape
   if radius == 0:
     return x
   rows, cols = window_counts(height, width, radius)
   area = jnp.asarray(rows)[:, None] * jnp.asarray(cols)[None, :]
+  if resolve_impl(impl) == "reduce_window":
+    return _window_sum_reduce_window(x, radius) / area
   if radius <= DIRECT_MAX_RADIUS:
     return _direct_window_sum(x, radius, (1, 2)) / area
   sums = _running_window_rows(_pad_rows(x, radius, 0.0), radius,
@@ -334,36 +459,41 @@ def window_mean(x: jax.Array, radius: int) -> jax.Array:
   return sums[:, :height] / area
 
 
-def ripu_scores_traced(logits: jax.Array, radius: int, mode: str) -> tuple[Scores, PixelStats]:
+def ripu_scores_traced(logits: jax.Array, radius: int, mode: str,
+                       impl: str = "auto") -> tuple[Scores, PixelStats]:
   """ripu_scores for use inside jit: no validation, no host synchronisation."""
+  impl = resolve_impl(impl)
   num_classes = logits.shape[-1]
   norm = 1.0 / math.log(num_classes)
-  stats = pixel_stats(logits)
-  impurity = region_impurity(stats.label, num_classes, radius) * norm
+  stats = pixel_stats(logits, impl)
+  impurity = region_impurity(stats.label, num_classes, radius, impl) * norm
   if mode == "pixel":
     uncertainty = stats.entropy * norm
   else:
-    uncertainty = window_mean(stats.entropy, radius) * norm
+    uncertainty = window_mean(stats.entropy, radius, impl) * norm
   return Scores(impurity * uncertainty, impurity, uncertainty), stats
 
 
-@functools.partial(jax.jit, static_argnames=("radius", "mode"))
-def _ripu_scores_jit(logits, radius, mode):
-  scores, _ = ripu_scores_traced(logits, radius, mode)
+@functools.partial(jax.jit, static_argnames=("radius", "mode", "impl"))
+def _ripu_scores_jit(logits, radius, mode, impl):
+  scores, _ = ripu_scores_traced(logits, radius, mode, impl)
   return scores, finite_per_image(logits)
 
 
-def ripu_scores(logits, *, radius: int, mode: str, image_names=None) -> Scores:
+def ripu_scores(logits, *, radius: int, mode: str, image_names=None,
+                impl: str = "auto") -> Scores:
   """RIPU scores of a batch of logits [B, H, W, C] (any float dtype), at their resolution.
 
   mode="region" (RA): uncertainty is the window mean of the pixel entropy;
   mode="pixel" (PA): uncertainty is the pixel's own entropy. Impurity always uses the
-  (2 * radius + 1)^2 window. Raises ValueError for NaN/inf logits, naming the image
-  (`image_names[i]` when given, else its batch index).
+  (2 * radius + 1)^2 window. impl: "cpu", "reduce_window" (accelerators) or "auto" (the one
+  for jax's default backend); see the module docstring. Raises ValueError for NaN/inf
+  logits, naming the image (`image_names[i]` when given, else its batch index).
   """
   validate_logits(logits)
   radius = validate_radius(radius)
   mode = validate_mode(mode)
-  scores, finite = _ripu_scores_jit(jnp.asarray(logits), radius, mode)
+  impl = resolve_impl(impl)
+  scores, finite = _ripu_scores_jit(jnp.asarray(logits), radius, mode, impl)
   raise_if_not_finite(finite, image_names)
   return scores

@@ -23,9 +23,9 @@ from ripu_jax import image_ops
 from ripu_jax import sharding
 from ripu_jax.acquisition import budgets
 from ripu_jax.acquisition.greedy import Selection, select_batch
-from ripu_jax.acquisition.scores import (finite_per_image, raise_if_not_finite, validate_logits,
-                                         validate_mode, validate_radius)
-from ripu_jax.acquisition.strategies import get_strategy, model_outputs
+from ripu_jax.acquisition.scores import (finite_per_image, raise_if_not_finite, resolve_impl,
+                                         validate_logits, validate_mode, validate_radius)
+from ripu_jax.acquisition.strategies import call_strategy, get_strategy, model_outputs
 
 DATA_AXIS = sharding.DATA_AXIS
 KINDS = ("ra", "pa")
@@ -72,9 +72,24 @@ class CompiledRound(NamedTuple):
     return self.select(score, excluded), finite
 
 
-@functools.lru_cache(maxsize=32)
+def mesh_platform(mesh: Mesh) -> str:
+  """The platform ("cpu", "gpu", "tpu") of a mesh's devices."""
+  return mesh.devices.flat[0].platform
+
+
 def _compiled_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
-                    plan: RoundPlan, input_size: tuple[int, int] | None) -> CompiledRound:
+                    plan: RoundPlan, input_size: tuple[int, int] | None,
+                    impl: str = "auto") -> CompiledRound:
+  """The round's compiled stages; `impl` ("auto" resolved for the mesh's platform first, so
+  it shares its compilation with the name it stands for) is passed to strategies taking it."""
+  return _compile_round(mesh, strategy_name, label_size, plan, input_size,
+                        resolve_impl(impl, mesh_platform(mesh)))
+
+
+@functools.lru_cache(maxsize=32)
+def _compile_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
+                   plan: RoundPlan, input_size: tuple[int, int] | None,
+                   impl: str) -> CompiledRound:
   strategy = get_strategy(strategy_name)
   batch = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
@@ -89,7 +104,8 @@ def _compiled_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
     inputs = [image_ops.upsample_to_labels(x, label_size, input_size) for x in inputs]
     base = jax.random.key(seed)
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(image_ids)
-    score = strategy(*inputs, radius=plan.radius, mode=plan.mode, keys=keys)
+    score = call_strategy(strategy, *inputs, radius=plan.radius, mode=plan.mode, keys=keys,
+                          impl=impl)
     return jnp.where(jnp.isnan(score), -jnp.inf, score), finite
 
   return CompiledRound(
@@ -102,7 +118,7 @@ def _compiled_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
 def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
                  label_size: tuple[int, int] | None = None, excluded=None, image_ids=None,
                  seed: int = 0, image_names=None, mesh: Mesh | None = None,
-                 input_size: tuple[int, int] | None = None) -> Selection:
+                 input_size: tuple[int, int] | None = None, impl: str = "auto") -> Selection:
   """Scores and selects on a batch of logits [B, h, w, C]; returns numpy picks and masks.
 
   logits: the logits, or a mapping of named model outputs holding every output the strategy
@@ -113,6 +129,8 @@ def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
   excluded: bool [B, H, W], pixels labelled or suppressed in earlier rounds.
   image_ids: int [B], each image's index in its dataset (seeds "random" per image; defaults to
   0..B-1). The batch must divide evenly over the mesh's devices.
+  impl: the score code for strategies that take it: "cpu", "reduce_window" (accelerators) or
+  "auto" (the one for the mesh's platform).
   """
   names = model_outputs(get_strategy(strategy))
   if isinstance(logits, Mapping):
@@ -131,6 +149,7 @@ def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
   logits = inputs[0]
   validate_mode(plan.mode)
   mesh = mesh or sharding.default_mesh()
+  impl = resolve_impl(impl, mesh_platform(mesh))
   batch = logits.shape[0]
   if any(x.shape[0] != batch for x in inputs):
     raise ValueError(f"model outputs {list(names)} hold different batch sizes")
@@ -153,7 +172,7 @@ def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
     raise ValueError(f"image_ids must have shape ({batch},), got {image_ids.shape}")
   if input_size is not None:
     input_size = tuple(int(v) for v in input_size)
-  run = _compiled_round(mesh, strategy, label_size, RoundPlan(*plan), input_size)
+  run = _compiled_round(mesh, strategy, label_size, RoundPlan(*plan), input_size, impl)
   selection, finite = run(inputs, excluded, image_ids, np.int32(seed))
   raise_if_not_finite(finite, image_names)
   return Selection(*(np.asarray(x) for x in selection))

@@ -8,6 +8,11 @@ sharded selection round) and gets the same arguments:
   keys: one PRNG key per image (derived from the image's index in the dataset, so results do
   not depend on how the batch is split over devices).
 
+A strategy may also take an `impl` keyword ("cpu" or "reduce_window": which implementation
+of the window code to trace, see `scores`); rounds pass it only to strategies whose signature
+names it (`call_strategy`), so a strategy written for the arguments above needs nothing more.
+The built-in ones take it.
+
 In region mode a baseline's pixel value is averaged over the (2k+1)^2 window, as RIPU's
 uncertainty is; "random" is not averaged (an average of noise is still noise). New
 strategies (a two-head discrepancy, a multi-view entropy) register with
@@ -18,6 +23,7 @@ upsampled to label resolution) as its positional arguments, in that order.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Protocol
 
@@ -56,6 +62,23 @@ def model_outputs(strategy: Strategy) -> tuple[str, ...]:
   return getattr(strategy, "model_outputs", ("logits",))
 
 
+def takes_impl(strategy: Strategy) -> bool:
+  """Whether a strategy's signature has an `impl` keyword (the choice of window code)."""
+  try:
+    parameter = inspect.signature(strategy).parameters.get("impl")
+  except (TypeError, ValueError):
+    return False
+  return parameter is not None and parameter.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def call_strategy(strategy: Strategy, *inputs, radius: int, mode: str, keys: jax.Array,
+                  impl: str = "auto") -> jax.Array:
+  """strategy(*inputs, radius=, mode=, keys=), with impl= when the strategy takes it."""
+  extra = {"impl": impl} if takes_impl(strategy) else {}
+  return strategy(*inputs, radius=radius, mode=mode, keys=keys, **extra)
+
+
 def get_strategy(name: str) -> Strategy:
   return STRATEGIES.get(name)
 
@@ -68,45 +91,46 @@ def _normalised(values: jax.Array, num_classes: int) -> jax.Array:
   return values / math.log(num_classes)
 
 
-def _pixel_or_window(values: jax.Array, radius: int, mode: str) -> jax.Array:
-  return scores_lib.window_mean(values, radius) if mode == "region" else values
+def _pixel_or_window(values: jax.Array, radius: int, mode: str, impl: str) -> jax.Array:
+  return scores_lib.window_mean(values, radius, impl) if mode == "region" else values
 
 
 @register_strategy("ripu")
-def ripu(logits, *, radius, mode, keys):
+def ripu(logits, *, radius, mode, keys, impl="auto"):
   """Region impurity x prediction uncertainty."""
   del keys
-  return scores_lib.ripu_scores_traced(logits, radius, mode)[0].score
+  return scores_lib.ripu_scores_traced(logits, radius, mode, impl)[0].score
 
 
 @register_strategy("impurity")
-def impurity(logits, *, radius, mode, keys):
+def impurity(logits, *, radius, mode, keys, impl="auto"):
   """Region impurity alone (the paper's ablation)."""
   del mode, keys
-  label = scores_lib.pseudo_label(logits)
-  return _normalised(scores_lib.region_impurity(label, logits.shape[-1], radius), logits.shape[-1])
+  label = scores_lib.pseudo_label(logits, impl)
+  return _normalised(scores_lib.region_impurity(label, logits.shape[-1], radius, impl),
+                     logits.shape[-1])
 
 
 @register_strategy("uncertainty")
-def uncertainty(logits, *, radius, mode, keys):
+def uncertainty(logits, *, radius, mode, keys, impl="auto"):
   """Prediction uncertainty alone: RIPU's U (window mean of entropy in region mode)."""
   del keys
-  entropy = scores_lib.pixel_stats(logits).entropy
-  return _normalised(_pixel_or_window(entropy, radius, mode), logits.shape[-1])
+  entropy = scores_lib.pixel_stats(logits, impl).entropy
+  return _normalised(_pixel_or_window(entropy, radius, mode, impl), logits.shape[-1])
 
 
 @register_strategy("entropy")
-def entropy(logits, *, radius, mode, keys):
+def entropy(logits, *, radius, mode, keys, impl="auto"):
   """ENT baseline: softmax entropy (window mean in region mode; then it equals U)."""
-  return uncertainty(logits, radius=radius, mode=mode, keys=keys)
+  return uncertainty(logits, radius=radius, mode=mode, keys=keys, impl=impl)
 
 
 @register_strategy("confidence")
-def confidence(logits, *, radius, mode, keys):
+def confidence(logits, *, radius, mode, keys, impl="auto"):
   """SCONF baseline: 1 - max softmax probability (window mean in region mode)."""
   del keys
-  least_confident = 1.0 - scores_lib.pixel_stats(logits).max_prob
-  return _pixel_or_window(least_confident, radius, mode)
+  least_confident = 1.0 - scores_lib.pixel_stats(logits, impl).max_prob
+  return _pixel_or_window(least_confident, radius, mode, impl)
 
 
 @register_strategy("random")

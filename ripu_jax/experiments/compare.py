@@ -169,27 +169,18 @@ REMOVED_FIELDS = frozenset({"model.num_classes"})
 LEGACY_VALUES = {"active.kind": {"full": "all"}}
 # Defaults of fields added since runs were stored: a run whose config lacks one was made as
 # with this value. A field not listed takes its default from `config_lib.base_config()` (the
-# rule for a new config field is a default that keeps the earlier behaviour).
-FIELD_DEFAULTS = {"plugins": (), "hooks": (), "labor.gan_loss": "bce"}
+# rule for a new config field is a default that keeps the earlier behaviour; a plug-in group's
+# new fields are in `config_lib.GROUP_FIELD_DEFAULTS`).
+FIELD_DEFAULTS = {"plugins": (), "hooks": ()}
 # Free-form groups (keyword arguments of the model's constructor): a key absent there means
 # the constructor's default, which the config does not know, so it never counts as a default.
 OPAQUE_GROUPS = ("model.kwargs",)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) and value:
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def _field_defaults() -> dict[str, Any]:
   """{field: default} as config.json writes them (tuples as lists), opaque groups left out."""
   from ripu_jax import config_lib  # pylint: disable=g-import-not-at-top
-  defaults = _flatten(json.loads(config_lib.base_config().to_json_best_effort()))
+  defaults = config_lib.field_defaults()
   defaults.update(json.loads(json.dumps(FIELD_DEFAULTS)))
   return {field: value for field, value in defaults.items()
           if not any(field.startswith(group + ".") for group in OPAQUE_GROUPS)}
@@ -202,9 +193,10 @@ def _protocol(config_json: str) -> dict[str, Any]:
   default dropped too: so a field absent on one side and at its default on the other compares
   equal, and configs written before and after such changes give the same view.
   """
+  from ripu_jax import config_lib  # pylint: disable=g-import-not-at-top
   defaults = _field_defaults()
   protocol = {}
-  for field, value in _flatten(json.loads(config_json)).items():
+  for field, value in config_lib.flatten(json.loads(config_json)).items():
     if field in IRRELEVANT_FIELDS or field in REMOVED_FIELDS:
       continue
     if isinstance(value, str):
