@@ -83,22 +83,14 @@ def upsample_logits(logits: jax.Array, size: Sequence[int]) -> jax.Array:
 
   Raises ValueError unless `logits` has rank 4 and `size` is two positive integers.
   """
-  shape = getattr(logits, "shape", None)
-  if shape is None or len(shape) != 4:
-    raise ValueError(f"logits must be NHWC of rank 4, got shape {shape}")
-  try:
-    height, width = (int(s) for s in size)
-  except (TypeError, ValueError):
-    raise ValueError(f"size must be (height, width), got {size!r}") from None
-  if height < 1 or width < 1:
-    raise ValueError(f"size must be (height, width) with positive entries, got {size!r}")
-  return resize_bilinear(jnp.asarray(logits, jnp.float32), (height, width))
+  _check_nhwc(logits, "logits")
+  return resize_bilinear(jnp.asarray(logits, jnp.float32), _size(size))
 
 
-def _check_nhwc(x) -> None:
+def _check_nhwc(x, what: str) -> None:
   shape = getattr(x, "shape", None)
   if shape is None or len(shape) != 4:
-    raise ValueError(f"expected NHWC input of rank 4, got shape {shape}")
+    raise ValueError(f"{what} must be NHWC of rank 4, got shape {shape}")
 
 
 def _size(size: Sequence[int], name: str = "size") -> tuple[int, int]:
@@ -125,7 +117,7 @@ def resize_bilinear_taps(x: jax.Array, size: Sequence[int]) -> jax.Array:
 
   NHWC `x` (floating) to spatial `size` = (height, width), align_corners=True.
   """
-  _check_nhwc(x)
+  _check_nhwc(x, "x")
   out_h, out_w = _size(size)
   in_h, in_w = x.shape[1], x.shape[2]
   if (out_h, out_w) == (in_h, in_w):
@@ -144,7 +136,7 @@ def upsample_to_labels(logits: jax.Array, label_size: Sequence[int],
   logits -> input size -> label size, each bilinear with align_corners; without it, or when
   it equals either end, one step.
   """
-  _check_nhwc(logits)
+  _check_nhwc(logits, "logits")
   label_size = _size(label_size, "label_size")
   x = jnp.asarray(logits, jnp.float32)
   if input_size is not None:
