@@ -178,11 +178,18 @@ def memory_bytes(jitted, *args) -> tuple[int, int]:
 
 
 def round_memory_bytes(round_fn, inputs, excluded, ids, seed) -> int:
-  """Peak extra memory of a round: its score stage, or its score map plus its select stage."""
+  """Peak extra memory of a round: the largest of its stages, each with the outputs of the
+  stage before it still held (shapes from `jax.eval_shape`: nothing is computed)."""
+  stages = []
+  if inputs[0].shape[1:3] != round_fn.label_size:  # network logits: the upsample stage runs
+    up_temp, up_out = memory_bytes(round_fn.upsample, inputs)
+    stages.append(up_temp + up_out)
+    inputs, _ = jax.eval_shape(round_fn.upsample, inputs)
+  held = sum(x.size * x.dtype.itemsize for x in inputs) if stages else 0
   score_temp, score_out = memory_bytes(round_fn.score, inputs, ids, seed)
-  score_shape, _ = jax.eval_shape(round_fn.score, inputs, ids, seed)  # no need to compute it
+  score_shape, _ = jax.eval_shape(round_fn.score, inputs, ids, seed)
   select_temp, select_out = memory_bytes(round_fn.select, score_shape, excluded)
-  return max(score_temp + score_out, score_out + select_temp + select_out)
+  return max(stages + [held + score_temp + score_out, score_out + select_temp + select_out])
 
 
 def make_plan(kind, height, width, radius, budget):

@@ -58,17 +58,26 @@ def plan_round(kind: str, height: int, width: int, *, radius: int, rounds: int,
 
 
 class CompiledRound(NamedTuple):
-  """A round as two jitted stages; the score map passes between them on device.
+  """A round as three jitted stages; the label-size logits and the score map pass between
+  them on device.
 
-  Two programs rather than one: compiled as a single program (score map materialised or
-  not), the round ran 20-30% slower on XLA CPU than its two parts called one after the other
-  (1024x2048, RA and PA).
+  Separate programs rather than one, measured on XLA CPU: with the select stage in the
+  score's program the round ran 20-30% slower (1024x2048, RA and PA); with the upsample in
+  it, XLA fused the two-tap gather into every per-class read of the score code and the round
+  from network logits ran 2.4x slower than upsample and score called one after the other.
   """
-  score: Callable  # (inputs, image_ids, seed) -> (score [B, H, W] with NaN -> -inf, finite [B])
+  label_size: tuple[int, int]
+  upsample: Callable  # (inputs) -> (inputs at the label size, finite [B])
+  score: Callable  # (inputs at the label size, image_ids, seed) -> (score [B, H, W], finite [B])
   select: Callable  # (score, excluded) -> Selection
 
   def __call__(self, inputs, excluded, image_ids, seed):
-    score, finite = self.score(inputs, image_ids, seed)
+    """Logits already at the label size skip the upsample stage (a jitted identity copies)."""
+    if all(tuple(x.shape[1:3]) == self.label_size for x in inputs):
+      score, finite = self.score(inputs, image_ids, seed)
+    else:
+      inputs, finite = self.upsample(inputs)
+      score, _ = self.score(inputs, image_ids, seed)
     return self.select(score, excluded), finite
 
 
@@ -99,9 +108,12 @@ def _compile_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
   select_per_device = jax.shard_map(select, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)),
                                     out_specs=P(DATA_AXIS), check_vma=False)
 
+  def upsample(inputs):
+    finite = functools.reduce(jnp.logical_and, [finite_per_image(x) for x in inputs])
+    return [image_ops.upsample_to_labels(x, label_size, input_size) for x in inputs], finite
+
   def score_images(inputs, image_ids, seed):
     finite = functools.reduce(jnp.logical_and, [finite_per_image(x) for x in inputs])
-    inputs = [image_ops.upsample_to_labels(x, label_size, input_size) for x in inputs]
     base = jax.random.key(seed)
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(image_ids)
     score = call_strategy(strategy, *inputs, radius=plan.radius, mode=plan.mode, keys=keys,
@@ -109,6 +121,8 @@ def _compile_round(mesh: Mesh, strategy_name: str, label_size: tuple[int, int],
     return jnp.where(jnp.isnan(score), -jnp.inf, score), finite
 
   return CompiledRound(
+      label_size=tuple(label_size),
+      upsample=jax.jit(upsample, in_shardings=(batch,), out_shardings=(batch, batch)),
       score=jax.jit(score_images, in_shardings=(batch, batch, replicated),
                     out_shardings=(batch, batch)),
       select=jax.jit(select_per_device, in_shardings=(batch, batch),
@@ -125,7 +139,8 @@ def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
   reads (`strategies.model_outputs`), each [B, h, w, channels].
   label_size: (H, W) at which regions are scored and labelled (default: the logits' size).
   input_size: (H, W) of the images the network saw: the logits reach the label size through
-  it, in two bilinear steps, as the release's rounds (default: one step).
+  it, in two bilinear steps, as the release's rounds (default: one step). Logits already at
+  the label size are scored as they are.
   excluded: bool [B, H, W], pixels labelled or suppressed in earlier rounds.
   image_ids: int [B], each image's index in its dataset (seeds "random" per image; defaults to
   0..B-1). The batch must divide evenly over the mesh's devices.
