@@ -19,8 +19,10 @@ k=32 with 40 pixels over 5 rounds), on one image's logits (C = 19), along two pa
   the release's rounds do;
 * label: logits already at the label size (the upsample left out).
 
-* ripu_jax: score pass, greedy selection, and the whole round as `select_round` compiles it
-  (all in: finiteness check, scores, selection, masks), for each score implementation in
+* ripu_jax: score pass (on the network path with the upsample before it, each its own
+  program, as the round runs them), greedy selection, and the whole round as `select_round`
+  compiles it (all in: finiteness check, upsample, scores, selection, masks), for each score
+  implementation in
   --impls ("cpu" and "reduce_window" by default: one row each, field `impl`); medians of
   --runs timed runs after one warm-up (compilation excluded), every impl's three calls and
   the floor taking turns so that they see the same machine load (the JSON also keeps the
@@ -217,21 +219,26 @@ def bench_ripu_jax(path, name, plan, runs, floor, impls) -> list[tuple[dict, np.
                                    suppress_radius=plan.suppress_radius)
 
   select_jit = jax.jit(select_fn)
+  upsample_jit = jax.jit(functools.partial(image_ops.upsample_to_labels,
+                                           label_size=path.label_size,
+                                           input_size=path.input_size))
   calls, rounds, scores = {}, {}, {}
   for impl in impls:
-    def score_fn(x, impl=impl):
-      x = image_ops.upsample_to_labels(x, path.label_size, path.input_size)
-      return strategies_lib.call_strategy(strategy, x, radius=plan.radius, mode=plan.mode,
-                                          keys=keys, impl=impl)
+    score_jit = jax.jit(functools.partial(strategies_lib.call_strategy, strategy,
+                                          radius=plan.radius, mode=plan.mode, keys=keys,
+                                          impl=impl))
 
-    score_jit = jax.jit(score_fn)
+    def score_call(score_jit=score_jit):
+      """Upsample (network path) and score as two programs, as the round runs them."""
+      return score_jit(upsample_jit(logits) if path.input_size else logits)
+
     # The whole round exactly as `acquisition.select_round` compiles it (device-resident
     # inputs).
     round_fn = selection_round._compiled_round(  # pylint: disable=protected-access
         acquisition.default_mesh(), "ripu", (height, width), plan, path.input_size, impl)
-    scores[impl] = jax.block_until_ready(score_jit(logits))
+    scores[impl] = jax.block_until_ready(score_call())
     rounds[impl] = round_fn
-    calls[(impl, "score")] = functools.partial(score_jit, logits)
+    calls[(impl, "score")] = score_call
     calls[(impl, "select")] = functools.partial(select_jit, scores[impl])
     calls[(impl, "total")] = functools.partial(round_fn, (logits,), excluded, ids, seed)
   calls["floor"] = lambda: floor[0](floor[1])
