@@ -53,7 +53,12 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    _fail(f"{error}. See --helpfull for the flags.")
+    text = str(error)
+    if "Traceback (most recent call last)" in text and not _show_tracebacks(argv):
+      # A config file that raised: its flag, then the exception's own line, not the traceback.
+      lines = [line for line in text.splitlines() if line.strip()]
+      _fail(f"{lines[0].rstrip(':')}: {lines[-1]}")
+    _fail(f"{text}. See --helpfull for the flags.")
   except (AttributeError, KeyError, TypeError, ValueError, errors.UserError) as error:
     if _show_tracebacks(argv):
       raise

@@ -165,6 +165,17 @@ def test_user_errors_print_one_line_and_leave_no_workdir(tmp_path, args, message
   assert not os.path.exists(workdir)
 
 
+def test_a_config_file_that_raises_is_one_line(tmp_path):
+  workdir = str(tmp_path / "never")
+  process = run_main(workdir, config=DEMO + ":smok")
+  out, err = process.communicate(timeout=240)
+  assert process.returncode == 2, (out, err)
+  assert err.strip().splitlines() == [
+      f"error: flag --config={DEMO}:smok: Error whilst parsing config file: ValueError: "
+      "unknown config argument(s) ['smok']; choose from ['smoke'], comma-separated"], err
+  assert not os.path.exists(workdir)
+
+
 def test_tracebacks_on_request(tmp_path):
   env = dict(os.environ, RIPU_JAX_TRACEBACK="1")
   process = run_main(str(tmp_path / "never"), "--config.eval.every=0", env=env)

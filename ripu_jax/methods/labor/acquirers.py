@@ -80,8 +80,8 @@ class LaborOptions:
         raise _invalid(
             "labor.share_backbone=True puts the selector's heads C1, C2 on the model's "
             "auxiliary heads 'aux/0' and 'aux/1', but the model has "
-            f"{aux_heads!r}; use --config.train.objective=labor (which adds them) or set "
-            "--config.model.kwargs.aux_heads=2")
+            f"{aux_heads!r}; use --config.train.objective=labor (which adds them) or give the "
+            "model two auxiliary heads (model.kwargs.aux_heads=2 in the config file)")
     cap = self.spl_cap
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, Real)
                             or not 0 < cap <= 1):
@@ -160,8 +160,8 @@ class LaborRounds(ScheduledRounds):
       return {name: outputs[name] for name in names}
     if self.options.share_backbone or network == "model":
       fix = ("with labor.share_backbone=True the heads C1, C2 are the model's 'aux/0' and "
-             "'aux/1': use --config.train.objective=labor (which adds them) or set "
-             "--config.model.kwargs.aux_heads=2")
+             "'aux/1': use --config.train.objective=labor (which adds them) or give the "
+             "model two auxiliary heads (model.kwargs.aux_heads=2 in the config file)")
     else:
       fix = ("the selector (C1 = its 'logits', C2 = its 'aux/0') is the extra network that "
              "the LabOR objective builds: set --config.train.objective=labor")
