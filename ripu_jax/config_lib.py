@@ -17,6 +17,7 @@ from ripu_jax import hooks as hooks_lib
 from ripu_jax import methods  # noqa: F401  (registers the built-in methods)
 from ripu_jax import models
 from ripu_jax import optim
+from ripu_jax import workdir
 from ripu_jax.acquisition import scores as acquisition_scores
 from ripu_jax.acquisition.acquirers import ACQUIRERS
 from ripu_jax.data import catalog
@@ -130,24 +131,13 @@ def real_config(source: str, *, kind: str = "ra", objective: str = "ripu",
 GROUP_FIELD_DEFAULTS = {"labor.gan_loss": "bce"}
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  """A config as JSON ({group: {field: value}}) -> {"group.field": value}."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) and value:
-      flat.update(flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def field_defaults() -> dict[str, Any]:
   """{dotted field: default}, as config.json writes them (tuples as lists).
 
   A field added to the config keeps the earlier behaviour at its default, so a recorded
   config without the field and a config with it at this value describe the same run.
   """
-  defaults = flatten(json.loads(base_config().to_json_best_effort()))
+  defaults = workdir.flatten(json.loads(base_config().to_json_best_effort()))
   defaults.update(json.loads(json.dumps(GROUP_FIELD_DEFAULTS)))
   return defaults
 

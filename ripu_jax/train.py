@@ -47,7 +47,6 @@ from ripu_jax.data import catalog
 from ripu_jax.data import pipeline
 from ripu_jax.ledger import LabelLedger
 from ripu_jax.metrics_log import MetricsLog, read_metrics
-from ripu_jax.objectives import OBJECTIVES
 
 CONFIG_FILE = workdir_lib.CONFIG_FILE
 
@@ -55,7 +54,7 @@ CONFIG_FILE = workdir_lib.CONFIG_FILE
 def build_splits(config: ml_collections.ConfigDict) -> catalog.RunSplits:
   """Opens the configured datasets; a missing one raises with how to prepare it."""
   data = config.data
-  reads_source = "source" in OBJECTIVES.get(config.train.objective).domains
+  reads_source = "source" in objectives.OBJECTIVES.get(config.train.objective).domains
   return catalog.open_run_splits(
       data.source if reads_source else None, data.target, data_dir=data.data_dir,
       options={name: data[name] for name in (data.source, data.target) if name in data})
@@ -104,7 +103,7 @@ class Trainer:
     for field in ("train.batch_size", "active.batch_size", "eval.batch_size"):
       group, name = field.split(".")
       sharding.check_divisible(field, config[group][name], self.mesh)
-    self.objective = OBJECTIVES.get(config.train.objective)(config)
+    self.objective = objectives.OBJECTIVES.get(config.train.objective)(config)
     self.acquirer = ACQUIRERS.get(config.active.kind)(config)
     self.hooks = list(self.objective.hooks()) + [
         hooks_lib.HOOKS.get(name)(config) for name in config.hooks]

@@ -80,12 +80,13 @@ class WorkdirLock:
       self._file.close()
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """A config as JSON ({group: {field: value}}) -> {"group.field": value}."""
   flat = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if isinstance(value, Mapping):
-      flat.update(_flat(value, name + "."))
+      flat.update(flatten(value, name + "."))
     else:
       flat[name] = value
   return flat
@@ -100,7 +101,7 @@ def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any],
   current config holds it at its default in `defaults`, the value that keeps the earlier
   behaviour.
   """
-  old, new = _flat(recorded), _flat(current)
+  old, new = flatten(recorded), flatten(current)
   defaults = defaults or {}
 
   def differs(name: str) -> bool:

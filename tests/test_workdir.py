@@ -48,6 +48,15 @@ def run_main(workdir, *extra, env=None, config=DEMO + ":smoke"):
                           stderr=subprocess.PIPE, text=True)
 
 
+def wait_for_training(process, workdir, *, poll):
+  """Returns once the run has logged training past step 4 (fails if it exits or stalls)."""
+  start = time.time()
+  while not any(r["kind"] == "train" and r["step"] >= 4 for r in read_metrics(workdir)):
+    assert process.poll() is None, process.communicate()
+    assert time.time() - start < 240
+    time.sleep(poll)
+
+
 # 1. Two configs in one workdir.
 def test_a_rerun_with_another_config_is_refused_unless_the_change_is_allowed(tmp_path):
   workdir = str(tmp_path / "run")
@@ -104,11 +113,7 @@ def test_a_run_recorded_before_fields_were_added_still_resumes(tmp_path):
 def test_a_second_process_is_refused_and_a_killed_ones_lock_does_not_block(tmp_path):
   workdir = str(tmp_path / "run")
   first = run_main(workdir, "--config.num_steps=400", "--config.checkpoint_every=2")
-  start = time.time()
-  while not any(r["kind"] == "train" and r["step"] >= 4 for r in read_metrics(workdir)):
-    assert first.poll() is None, first.communicate()
-    assert time.time() - start < 240
-    time.sleep(0.2)
+  wait_for_training(first, workdir, poll=0.2)
   os.kill(first.pid, signal.SIGSTOP)  # paused, as in a suspended terminal
   try:
     second = run_main(workdir, "--config.num_steps=400", "--config.checkpoint_every=2")
@@ -197,11 +202,7 @@ def test_a_config_that_differs_from_the_workdirs_is_one_line_on_the_command_line
 def test_ctrl_c_stops_with_one_line_and_the_rerun_resumes(tmp_path):
   workdir = str(tmp_path / "run")
   process = run_main(workdir, "--config.num_steps=400", "--config.checkpoint_every=1")
-  start = time.time()
-  while not any(r["kind"] == "train" and r["step"] >= 4 for r in read_metrics(workdir)):
-    assert process.poll() is None, process.communicate()
-    assert time.time() - start < 240
-    time.sleep(0.05)
+  wait_for_training(process, workdir, poll=0.05)
   process.send_signal(signal.SIGINT)
   out, err = process.communicate(timeout=120)
   assert process.returncode == 130, err

@@ -12,11 +12,8 @@ RIPU's rounds (10k-18k). Needs the prepared datasets and weights/resnet101.npz (
 restarts and least-squares output alignment weighted 0.001 (`iast_release`).
 """
 
-from ripu_jax import config_lib
-from ripu_jax.methods.labor.config import iast_release, labor_config
+from ripu_jax.methods.labor.config import real_data_config
 
 
 def get_config(arg=None):
-  return config_lib.get_config_with_arg(
-      lambda: labor_config(config_lib.real_config("synthia"), "spl"), arg,
-      variants={"iast": lambda config: iast_release(config, adversarial_weight=0.001)})
+  return real_data_config("synthia", "spl", arg)

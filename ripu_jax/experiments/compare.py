@@ -96,7 +96,8 @@ SETTINGS = (
     Setting("full_source", "full supervision + source", "100%", (("active.kind", "all"),)),
     Setting("labor_spl_2.2", "LabOR SPL", "2.2% (capped segments)",
             (("labor.spl_cap", 0.022),), method="labor_spl", warmup_rounds=1),
-    Setting("labor_spl", "LabOR SPL (uncapped)", "inconsistent pixels", (), method="labor_spl", warmup_rounds=1),
+    Setting("labor_spl", "LabOR SPL (uncapped)", "inconsistent pixels", (), method="labor_spl",
+            warmup_rounds=1),
     Setting("labor_ppl_40", "LabOR PPL", "40 pt at 1280x640", (("active.pixels", 40),),
             method="labor_ppl", warmup_rounds=1),
 )
@@ -193,10 +194,10 @@ def _protocol(config_json: str) -> dict[str, Any]:
   default dropped too: so a field absent on one side and at its default on the other compares
   equal, and configs written before and after such changes give the same view.
   """
-  from ripu_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from ripu_jax import workdir  # pylint: disable=g-import-not-at-top
   defaults = _field_defaults()
   protocol = {}
-  for field, value in config_lib.flatten(json.loads(config_json)).items():
+  for field, value in workdir.flatten(json.loads(config_json)).items():
     if field in IRRELEVANT_FIELDS or field in REMOVED_FIELDS:
       continue
     if isinstance(value, str):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from ripu_jax import config_lib
+
 PLUGIN = "ripu_jax.methods.labor"
 MODES = ("spl", "ppl")
 
@@ -36,6 +38,20 @@ def labor_config(config: ml_collections.ConfigDict, mode: str) -> ml_collections
       discriminator_channels=64,
       iast_alpha=0.2, iast_beta=0.9, iast_gamma=8.0, iast_init=0.9))
   return config
+
+
+# IAST's released output-alignment weight per source dataset (its `:iast` variant).
+IAST_ADVERSARIAL_WEIGHT = {"gtav": 0.05, "synthia": 0.001}
+
+
+def real_data_config(source: str, mode: str, arg: str | None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of configs/labor/<source>_<mode>.py: RIPU's real-data config of
+  `source` made LabOR's; the argument takes 'smoke' and 'iast' (`iast_release` with the
+  source's weight)."""
+  weight = IAST_ADVERSARIAL_WEIGHT[source]
+  return config_lib.get_config_with_arg(
+      lambda: labor_config(config_lib.real_config(source), mode), arg,
+      variants={"iast": lambda config: iast_release(config, adversarial_weight=weight)})
 
 
 def iast_release(config: ml_collections.ConfigDict,

@@ -43,7 +43,6 @@ from ripu_jax.methods.labor.networks import OutputDiscriminator
 from ripu_jax.methods.ripu.objectives import forward_pair
 from ripu_jax.objectives import OBJECTIVES, Objective, TrainState, optimizer_for
 
-SELECTOR = "selector"
 SELECTOR_HEADS = ("logits", "aux/0")  # C1, C2 of a separate selector
 SHARED_HEADS = ("aux/0", "aux/1")  # C1, C2 on the model's own backbone
 
