@@ -48,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.target_size = (640, 1280)
   config.data.sampling = "class_balanced"
   config.data.flip = True
+  # Random training crop (height, width) after the resize to source/target_size; None: none.
+  config.data.crop_size = config_dict.placeholder(tuple)
   config.data.worker_count = 4
   config.data.synthetic = ml_collections.ConfigDict(dict(
       prepared=False,  # False: generate in memory; True: read the prepared TFDS copy
@@ -68,8 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.momentum = 0.9
   config.optim.weight_decay = 5e-4
   config.optim.power = 0.9
-  config.optim.name = "sgd"  # or "adam" (optim.betas; momentum unused)
-  config.optim.schedule = "poly"  # or "cosine_restarts" (period optim.restart_every)
+  config.optim.name = "sgd"  # or "adam", "adamw" (optim.betas; momentum unused)
+  # or "cosine_restarts" (period optim.restart_every), "constant"
+  config.optim.schedule = "poly"
   config.optim.restart_every = config_dict.placeholder(int)  # None: optim.max_iter
   config.optim.betas = (0.9, 0.999)
 
@@ -91,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.active.round_steps = (10_000, 12_000, 14_000, 16_000, 18_000)
   config.active.batch_size = 2  # target images scored per selection batch
   config.active.num_overlays = 4  # pictures per round under workdir/rounds/<r>/overlays
+  # "split" (semi-supervised): whole images labelled before training, those a list file
+  # names (one per line) or a seeded fraction of the pool.
+  config.active.labelled_list = ""
+  config.active.labelled_fraction = config_dict.placeholder(float)
 
   config.acquisition = ml_collections.ConfigDict()
   # Score code of the rounds: "cpu" (tuned for XLA on CPU), "reduce_window" (for GPU/TPU) or
@@ -190,7 +197,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.synthetic.update(height=64, width=128, num_source_train=8, num_target_train=4,
                                num_target_val=4)
   config.model.pretrained = ""
-  kept = {k: v for k, v in config.model.kwargs.items() if k == "bn_epsilon"}
+  kept = {k: v for k, v in config.model.kwargs.items() if k in ("bn_epsilon", "norm")}
   config.model.kwargs = ml_collections.ConfigDict(dict(blocks=(1, 1, 1, 1),
                                                        width_multiplier=0.125, **kept))
   if config.model.name == "deeplabv3plus":
@@ -253,6 +260,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"invalid config: data.{name}: {error}") from None
   for name in ("source_size", "target_size"):
     _check_size(tuple(config.data[name]), f"data.{name}")
+  crop = config.data.get("crop_size")
+  if crop is not None:
+    _check_size(tuple(crop), "data.crop_size")
+    for name in ("source_size", "target_size"):
+      _check(all(c <= s for c, s in zip(crop, config.data[name])),
+             f"data.crop_size {tuple(crop)} must fit in data.{name} "
+             f"{tuple(config.data[name])}")
   _check_size(tuple(config.eval.size), "eval.size")
   _check(config.data.worker_count >= 0, "data.worker_count must be >= 0")
   _check(config.optim.base_lr > 0, f"optim.base_lr must be > 0, got {config.optim.base_lr}")
@@ -288,7 +302,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "active.batch_size and eval.batch_size must be >= 1")
   acquirer = ACQUIRERS.get(kind)
   acquirer.validate(config)
-  if "target" not in objective.domains:
+  if not {"target", "labelled"} & set(objective.domains):
     _check(not acquirer(config).buys_target_labels,
            f"train.objective {objective_name!r} never uses target labels; set "
            "active.kind='none'")

@@ -2,9 +2,14 @@
 
 An objective is the unit a method plugs in for training. It says
 
-  domains                 which training streams it reads ("source", "target"); the trainer
-                          builds only those loaders and the batch holds "<domain>_images"
-                          [B, H, W, 3] and "<domain>_labels" [B, H, W] (unlabelled: 255)
+  domains                 which training streams it reads (`DOMAINS`: "source"; "target",
+                          the target pool with its bought labels; "labelled" / "unlabelled",
+                          the pool's images with / without bought labels, the
+                          semi-supervised streams); the trainer builds only those loaders and
+                          the batch holds "<domain>_images" [B, H, W, 3] and
+                          "<domain>_labels" [B, H, W] (unlabelled: 255)
+  loader_options(domain)  extra options of that domain's loader (e.g. {"strong_view": True}
+                          adds "<domain>_strong_image", a colour-jittered copy)
   build_state(model)      the `TrainState` it trains: the segmentation model, its optimizer
                           and any extra networks and optimizers (a selector, a
                           discriminator, a teacher), all saved whole by the checkpoints
@@ -40,7 +45,7 @@ from ripu_jax import optim
 from ripu_jax.errors import ConfigError
 from ripu_jax.registry import Registry
 
-DOMAINS = ("source", "target")
+DOMAINS = ("source", "target", "labelled", "unlabelled")
 Batch = Mapping[str, jax.Array]
 
 
@@ -83,7 +88,7 @@ def check_batch(batch: Batch, domains: tuple[str, ...]) -> None:
 class Objective:
   """Base objective: `loss(model, batch) -> (total, terms)` on the state's model."""
 
-  domains: tuple[str, ...] = DOMAINS
+  domains: tuple[str, ...] = ("source", "target")
 
   def __init__(self, config):
     self.config = config
@@ -109,6 +114,11 @@ class Objective:
 
   def hooks(self) -> list:
     return []
+
+  def loader_options(self, domain: str) -> dict[str, Any]:
+    """Extra keyword arguments for `domain`'s training loader (`ripu_jax.data.pipeline`)."""
+    del domain
+    return {}
 
   def loss(self, model: nnx.Module, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     raise NotImplementedError(f"{type(self).__name__} defines neither loss nor train_step")

@@ -7,8 +7,9 @@ backbone uses 10x that. Frozen batch-norm state is not an `nnx.Param`, so it nev
 the optimiser.
 
 `from_config(config.optim)` also offers Adam (torch semantics: the L2 term joins the gradient
-before the moments) and a cosine schedule with warm restarts, as IAST's release trains
-(`optim.name`, `optim.schedule`); the defaults are RIPU's.
+before the moments), AdamW (torch semantics: decoupled decay, `param -= lr * weight_decay *
+param` beside the Adam step, ELN's optimiser), a cosine schedule with warm restarts, as IAST's
+release trains, and a constant rate (`optim.name`, `optim.schedule`); the defaults are RIPU's.
 """
 
 from __future__ import annotations
@@ -53,14 +54,18 @@ def cosine_restarts_schedule(base_lr: float, period: int) -> optax.Schedule:
   return schedule
 
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("poly", "cosine_restarts")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("poly", "cosine_restarts", "constant")
 
 
 def schedule_from_config(optim_config, base_lr: float) -> optax.Schedule:
-  """`optim.schedule` at `base_lr`: "poly" to optim.max_iter, or "cosine_restarts" with a
-  period of optim.restart_every steps (None: optim.max_iter, one cosine)."""
+  """`optim.schedule` at `base_lr`: "poly" to optim.max_iter, "cosine_restarts" with a
+  period of optim.restart_every steps (None: optim.max_iter, one cosine), or "constant"."""
   name = optim_config.get("schedule", "poly")
+  if name == "constant":
+    if base_lr < 0:
+      raise ValueError(f"base_lr must be >= 0, got {base_lr}")
+    return optax.constant_schedule(base_lr)
   if name == "poly":
     return poly_schedule(base_lr, optim_config.max_iter, optim_config.power)
   if name == "cosine_restarts":
@@ -121,15 +126,18 @@ def ripu_sgd(
 
 def _grouped(direction: optax.GradientTransformation, weight_decay: float,
              backbone_schedule: optax.Schedule, head_schedule: optax.Schedule,
-             backbone_name: str = BACKBONE) -> optax.GradientTransformation:
+             backbone_name: str = BACKBONE, *,
+             decoupled: bool = False) -> optax.GradientTransformation:
   """L2 term, then `direction` (momentum or Adam's moments), then each group's learning rate.
 
   Weight decay and the direction are shared (they commute with a per-group learning rate);
-  only the final scaling differs between groups.
+  only the final scaling differs between groups. `decoupled` adds the decay after the
+  direction instead (AdamW: the decay is scaled by the learning rate, not by Adam).
   """
+  steps = [direction, optax.add_decayed_weights(weight_decay)] if decoupled else [
+      optax.add_decayed_weights(weight_decay), direction]
   return optax.chain(
-      optax.add_decayed_weights(weight_decay),
-      direction,
+      *steps,
       optax.multi_transform(
           {
               BACKBONE: optax.scale_by_learning_rate(backbone_schedule),
@@ -145,7 +153,7 @@ def from_config(optim_config) -> optax.GradientTransformation:
   name = optim_config.get("name", "sgd")
   if name == "sgd":
     direction = optax.trace(decay=optim_config.momentum, nesterov=False)
-  elif name == "adam":
+  elif name in ("adam", "adamw"):
     beta1, beta2 = optim_config.betas
     direction = optax.scale_by_adam(b1=beta1, b2=beta2, eps=1e-8)
   else:
@@ -153,7 +161,8 @@ def from_config(optim_config) -> optax.GradientTransformation:
   base_lr = optim_config.base_lr
   return _grouped(direction, optim_config.weight_decay,
                   schedule_from_config(optim_config, base_lr),
-                  schedule_from_config(optim_config, base_lr * optim_config.head_lr_multiplier))
+                  schedule_from_config(optim_config, base_lr * optim_config.head_lr_multiplier),
+                  decoupled=name == "adamw")
 
 
 def create_optimizer(model: nnx.Module, tx: optax.GradientTransformation | None = None,

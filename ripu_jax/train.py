@@ -147,6 +147,7 @@ class Trainer:
     restored = self.checkpoints.restore(state=self.state)
     self.step = 0
     progress = {}
+    start_result = None
     if restored is not None:
       self.ledger, progress = restored
       self.ledger.check_matches(shapes)
@@ -156,7 +157,7 @@ class Trainer:
       label_radius, suppress_radius = self.acquirer.ledger_radii(tuple(shapes[0]))
       self.ledger = LabelLedger(shapes, label_radius=label_radius,
                                 suppress_radius=suppress_radius)
-      self.acquirer.start(self.ledger)
+      start_result = self.acquirer.start(self.ledger, self.splits.target_train.name)
       if self._init_dir:
         source_run = Checkpoints(self._init_dir, read_only=True)
         try:
@@ -170,6 +171,8 @@ class Trainer:
     nnx.update(self.state, state)
 
     self.log = MetricsLog(self.workdir, resume_step=self.step)
+    if start_result is not None:
+      self._export_round(0, start_result)
     self.evaluated_steps = {r["step"] for r in read_metrics(self.workdir)
                             if r.get("kind") == "eval"}
     self._build_loaders(progress.get("iterators", {}))
@@ -187,22 +190,35 @@ class Trainer:
   # ------------------------------------------------------------------ data
 
   def _build_loaders(self, states: Mapping[str, str]) -> None:
+    """One endless loader per domain the objective reads (`objectives.DOMAINS`)."""
     config, splits = self.config, self.splits
     data = config.data
-    workers = data.worker_count
+    crop = tuple(data.crop_size) if data.get("crop_size") is not None else None
+    common = dict(batch_size=config.train.batch_size, flip=data.flip, crop_size=crop,
+                  worker_count=data.worker_count)
     self.iterators = {}
     self.loaders = {}
-    domains = self.objective.domains
-    if "source" in domains:
-      self.loaders["source"] = pipeline.source_train_loader(
-          splits.source, batch_size=config.train.batch_size, image_size=tuple(data.source_size),
-          sampling=data.sampling, flip=data.flip, seed=config.seed, worker_count=workers,
-          label_map=self.label_maps["source"])
-    if "target" in domains:
-      self.loaders["target"] = pipeline.target_train_loader(
-          splits.target_train, self.ledger.labeled_masks, batch_size=config.train.batch_size,
-          image_size=tuple(data.target_size), flip=data.flip, seed=config.seed + 1,
-          worker_count=workers, label_map=self.label_maps["target"])
+    for domain in self.objective.domains:
+      options = {**common, **self.objective.loader_options(domain)}
+      if domain == "source":
+        self.loaders[domain] = pipeline.source_train_loader(
+            splits.source, image_size=tuple(data.source_size), sampling=data.sampling,
+            seed=config.seed, label_map=self.label_maps["source"], **options)
+        continue
+      seed, indices = config.seed + 1, None
+      if domain != "target":  # "labelled" / "unlabelled": images with / without labels
+        labelled = np.array([bool(self.ledger.rounds_of(i))
+                             for i in range(self.ledger.num_images)])
+        indices = np.flatnonzero(labelled if domain == "labelled" else ~labelled)
+        seed = config.seed + (2 if domain == "labelled" else 3)
+        if not len(indices):
+          raise ValueError(
+              f"train.objective {config.train.objective!r} reads {domain} target images, "
+              "but the label ledger leaves none; check active.labelled_fraction / "
+              "active.labelled_list")
+      self.loaders[domain] = pipeline.target_train_loader(
+          splits.target_train, self.ledger.labeled_masks, image_size=tuple(data.target_size),
+          seed=seed, label_map=self.label_maps["target"], indices=indices, **options)
     for name, loader in self.loaders.items():
       self.iterators[name] = (pipeline.restore_iterator(loader, states[name].encode())
                               if name in states else iter(loader))
@@ -232,8 +248,9 @@ class Trainer:
 
   # ------------------------------------------------------------------ evaluation
 
-  def evaluate(self) -> dict:
-    """mIoU on target val at eval.size, logits upsampled to the full labels."""
+  def val_batches(self, desc: str = "eval"):
+    """One pass over target val at eval.size on device: {"image", "label" (full size),
+    "valid" (False on padding rows)}, with a progress bar."""
     config = self.config
     loader = pipeline.eval_loader(
         self.splits.target_val, batch_size=config.eval.batch_size,
@@ -241,14 +258,18 @@ class Trainer:
         worker_count=config.data.worker_count, label_map=self.label_maps["target"])
     total = pipeline.pass_batches(len(self.splits.target_val), config.eval.batch_size,
                                   worker_count=config.data.worker_count)
+    for batch in self._bar(iterable=loader, total=total, desc=desc, leave=False):
+      yield {key: self._put(batch[key]) for key in ("image", "label", "valid")}
+
+  def evaluate(self) -> dict:
+    """mIoU on target val at eval.size, logits upsampled to the full labels."""
     num_classes = self.label_space.num_classes
     confusion = np.zeros((num_classes, num_classes), np.int64)
     model = self.state.model
     model.eval()
-    for batch in self._bar(iterable=loader, total=total, desc="eval", leave=False):
+    for batch in self.val_batches():
       confusion += np.asarray(self.eval_step(
-          model, self._put(batch["image"]), self._put(batch["label"]),
-          self._put(batch["valid"])), np.int64)
+          model, batch["image"], batch["label"], batch["valid"]), np.int64)
     class_sets = self.label_space.eval_sets
     summary = evaluation.summarize(confusion, class_sets, self.label_space.class_names)
     summary["labelled_fraction"] = self.ledger.labeled_fraction()
@@ -318,6 +339,10 @@ class Trainer:
     self.log.write(self.step, "round", {"round": round_number, "picks": result.count,
                                         "labelled_fraction": fraction})
     how = f" with {result.strategy!r}" if result.strategy else ""
+    if round_number == 0:
+      tqdm.write(f"labelled {result.count} {result.unit} before training; labelled "
+                 f"{fraction:.2%} of target train pixels (exported to {out})")
+      return
     tqdm.write(f"step {self.step}: round {round_number}/{len(self.acquirer.round_steps)} picked "
                f"{result.count} {result.unit}{how}; labelled {fraction:.2%} of target train "
                f"pixels (exported to {out})")

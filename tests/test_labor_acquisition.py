@@ -256,7 +256,7 @@ def _run_two_rounds(config, networks):
   acquirer = acquirer_class(config)
   assert acquirer.round_steps == (0, 5) and acquirer.ledger_radii(SHAPE) == (0, 0)
   ledger = LabelLedger([SHAPE] * NUM_IMAGES, label_radius=0, suppress_radius=0)
-  acquirer.start(ledger)
+  acquirer.start(ledger, lambda i: f"image_{i}")
   rounds = []
   for number in (1, 2):
     excluded_before = [ledger.excluded_mask(i) for i in range(NUM_IMAGES)]

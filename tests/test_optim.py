@@ -119,6 +119,28 @@ def test_adam_with_cosine_restarts_matches_torch_semantics():
   np.testing.assert_allclose(rates["head"], 2 * rates["backbone"], rtol=1e-6)
 
 
+def test_adamw_with_constant_rate_matches_torch_semantics():
+  """Oracle: torch.optim.AdamW (decay decoupled: w -= lr * wd * w, then the Adam step) at a
+  constant rate, head lr x10 (ELN's optimiser)."""
+  config = config_lib.base_config().optim
+  config.update(name="adamw", schedule="constant", base_lr=1e-3, head_lr_multiplier=10.0,
+                weight_decay=0.5, betas=(0.9, 0.999))
+  params, grads = _params_and_grads(3, steps=5)
+  got = _run(optim.from_config(config), params, grads)
+  for name in ("backbone", "head"):
+    lr = 1e-3 * (10.0 if name == "head" else 1.0)
+    w = params[name]["w"].copy()
+    m = v = 0.0
+    for step, grad in enumerate(grads):
+      g = grad[name]["w"]
+      m = 0.9 * m + 0.1 * g
+      v = 0.999 * v + 0.001 * g**2
+      m_hat, v_hat = m / (1 - 0.9**(step + 1)), v / (1 - 0.999**(step + 1))
+      w = w - lr * 0.5 * w - lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+    np.testing.assert_allclose(got[name]["w"], w, rtol=1e-5, atol=1e-7)
+  assert optim.learning_rates_from_config(1234, config) == {"backbone": 1e-3, "head": 1e-2}
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("name", "rmsprop", "optim.name must be one of"),
     ("schedule", "step", "optim.schedule must be one of"),

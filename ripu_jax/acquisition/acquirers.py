@@ -6,7 +6,9 @@ trainer builds one from the config (`ACQUIRERS.get(config.active.kind)(config)`)
 
   acquirer.round_steps               training steps before which a round runs (may be empty)
   acquirer.ledger_radii(label_shape) (label_radius, suppress_radius) for a new ledger
-  acquirer.start(ledger)             labels bought before training starts (new runs only)
+  acquirer.start(ledger, names)      labels bought before training starts (new runs only);
+                                     names(i) is image i's name; may return a RoundResult,
+                                     exported as round 0
   acquirer.run_round(pool, ledger)   one round over the pool -> RoundResult
 
 The acquirer writes the ledger itself (`record`, `record_mask`, `record_frame`) and never
@@ -14,13 +16,14 @@ sees the trainer, a model or a dataset: `RoundPool` hands it a fresh pass over t
 batches and a prediction function returning the named outputs of a network of the train
 state (the model, or an extra network such as a selector) on device. Built-in
 members: "ra" and "pa" (RIPU's greedy rounds over a registered strategy), "all" (every
-target pixel labelled from the start: the supervised upper bound) and "none" (no target
-labels). Register more with `@ACQUIRERS.register("name")` on a subclass of `Acquirer`.
+target pixel labelled from the start: the supervised upper bound), "split" (whole images
+labelled from the start: the semi-supervised setting) and "none" (no target labels). Register more with `@ACQUIRERS.register("name")` on a subclass of `Acquirer`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -111,8 +114,10 @@ class Acquirer:
     del label_shape
     return 0, 0
 
-  def start(self, ledger) -> None:
+  def start(self, ledger, names: Callable[[int], str]) -> RoundResult | None:
     """Labels bought before the first training step (called once, on a new ledger)."""
+    del ledger, names
+    return None
 
   def run_round(self, pool: RoundPool, ledger) -> RoundResult:
     raise NotImplementedError(f"{type(self).__name__} runs no selection rounds")
@@ -134,9 +139,82 @@ class AllLabels(Acquirer):
   def buys_target_labels(self) -> bool:
     return True
 
-  def start(self, ledger) -> None:
+  def start(self, ledger, names: Callable[[int], str]) -> None:
+    del names
     for index in range(ledger.num_images):
       ledger.record_frame(0, index)
+
+
+def _list_key(entry: str) -> str:
+  """An image's key in a list file: the file stem of the line's first field, without
+  Cityscapes' "_leftImg8bit" (so "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png
+  gtFine/..." and "aachen_000000_000019" name the same image)."""
+  stem = os.path.splitext(os.path.basename(entry.split()[0]))[0]
+  return stem.removesuffix("_leftImg8bit")
+
+
+def read_image_list(path: str) -> list[str]:
+  """Keys of the images a list file names, one per non-empty line (# starts a comment)."""
+  path = os.path.expanduser(path)
+  if not os.path.isfile(path):
+    raise _invalid(f"active.labelled_list={path!r} does not exist; give a text file naming "
+                   "one labelled image per line, or leave it empty for a seeded split of "
+                   "active.labelled_fraction")
+  with open(path) as f:
+    lines = [line.split("#")[0].strip() for line in f]
+  return [_list_key(line) for line in lines if line]
+
+
+@ACQUIRERS.register("split")
+class LabelledSplit(Acquirer):
+  """The semi-supervised setting: whole target images labelled before training, no rounds.
+
+  The labelled images are those `active.labelled_list` names (a file, one image per line:
+  a name or a dataset-relative path), else a split drawn with `config.seed`:
+  floor(active.labelled_fraction x pool size) images (1/8 of Cityscapes' 2,975 is 371, as
+  the published lists). The split is exported as round 0 (rounds/0/picks.json names every
+  labelled image; its names, one per line, make a list file for another run).
+  """
+
+  @classmethod
+  def validate(cls, config) -> None:
+    active = config.active
+    if not active.get("labelled_list"):
+      fraction = active.get("labelled_fraction")
+      if fraction is None or not 0 < fraction < 1:
+        raise _invalid(f"active.labelled_fraction must lie in (0, 1) (e.g. 0.125 for 1/8), "
+                       f"got {fraction}; or name the labelled images in active.labelled_list")
+
+  @property
+  def buys_target_labels(self) -> bool:
+    return True
+
+  def labelled_indices(self, num_images: int, names: Callable[[int], str]) -> np.ndarray:
+    listed = self.active.get("labelled_list")
+    if listed:
+      keys = read_image_list(listed)
+      position = {_list_key(names(i)): i for i in range(num_images)}
+      unknown = [key for key in keys if key not in position]
+      if unknown:
+        raise _invalid(
+            f"active.labelled_list {listed!r} names {len(unknown)} image(s) that are not in "
+            f"the target training split, e.g. {unknown[:3]}; its images are named like "
+            f"{[names(i) for i in range(min(2, num_images))]}")
+      indices = sorted({position[key] for key in keys})
+      if not indices:
+        raise _invalid(f"active.labelled_list {listed!r} names no image")
+      return np.asarray(indices, np.int64)
+    count = max(1, int(self.active.labelled_fraction * num_images))
+    rng = np.random.default_rng([self.config.seed, 0x5EED])
+    return np.sort(rng.choice(num_images, size=count, replace=False))
+
+  def start(self, ledger, names: Callable[[int], str]) -> RoundResult:
+    images = []
+    for index in self.labelled_indices(ledger.num_images, names):
+      ledger.record_frame(0, int(index))
+      images.append(ImageRecord(int(index), names(int(index)),
+                                ledger.labeled_mask(int(index))))
+    return RoundResult(images, unit="images", count=len(images))
 
 
 class ScheduledRounds(Acquirer):

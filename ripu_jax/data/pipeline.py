@@ -2,8 +2,8 @@
 
 Every loader reads a *split*: a sequence of examples {"image": uint8 [H, W, 3], "label": uint8
 [H, W], "name": str} such as `open_split(...)` or `SyntheticSplit(...)` returns. Records are
-read encoded (`split.encoded(i)` when available) and decoded, masked, resized, flipped and
-normalised by grain operations, in `worker_count` worker processes (0 = in this process).
+read encoded (`split.encoded(i)` when available) and decoded, masked, resized, cropped, flipped
+and normalised by grain operations, in `worker_count` worker processes (0 = in this process).
 
 Batches are dicts of numpy arrays, NHWC float32 images normalised with the ImageNet mean/std,
 int32 labels with 255 = ignore, and int32 "index" (position of the example in its split).
@@ -42,6 +42,27 @@ size (`label_size`, or the label's full resolution where labels stay full-size; 
 passes, the full label size), so a superpixel or a depth covers exactly the pixels of its label
 (the same nearest-neighbour grid as the labels). Intrinsics of a dataset describe its
 full-resolution label grid. A role the pipeline does not know fails when the loader is built.
+
+Training options of `source_train_loader` and `target_train_loader` (each off by default):
+
+  crop_size    (height, width) window placed uniformly at random after the resize to
+               `image_size` and before the flip, the same window for image, label and every
+               feature: dense features are sliced, "pose" is unchanged and "intrinsics" shift
+               the principal point by the offset (cx - left, cy - top). Labels must be at the
+               image size (`label_size` None or equal to `image_size`), and the window must fit
+               in `image_size`. To crop without rescaling, pass the stored size as image_size.
+               The crop draws from the sample's generator before the flip, so with a crop a
+               sample's flip may differ from the one it gets without.
+  strong_view  adds "strong_image" float32 [h, w, 3], normalised like "image": the strong view
+               of the final (cropped, flipped) uint8 image by `strong_augment`, colour jitter
+               (`COLOR_JITTER`, in random order) then grayscale with probability `GRAYSCALE_P`.
+               Photometric only, so it has the weak view's geometry; it draws after the crop
+               and the flip, so "image" and "label" are the same with it on or off.
+  indices      (`target_train_loader`) samples only these images of the split, in shuffled
+               endless epochs over the subset; "index" stays the image's position in the whole
+               split, so `labeled_masks[index]` and the ledger still apply. Empty, repeated or
+               out-of-range indices raise ValueError; restoring a state saved with another
+               subset fails.
 
 Active labels: the training loop owns the label ledger; `target_train_loader` only reads it
 through `labeled_masks[index]` -> bool [H, W] at the label's full resolution. With
@@ -129,24 +150,130 @@ def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return array[rows[:, None], cols[None, :]]
 
 
+# ----------------------------------------------------------------------------- strong view
+
+# The strong view's photometric augmentation: colour jitter of these strengths (factors drawn
+# uniformly from [1 - x, 1 + x], the hue shift from [-hue, hue] turns) in a random order, then
+# grayscale with probability GRAYSCALE_P.
+COLOR_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+GRAYSCALE_P = 0.2
+_GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+# hsv -> rgb: per hue sector (0..5), which of (v, q, p, t) give red, green and blue.
+_SECTOR_CHANNELS = np.array([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]])
+
+
+def grayscale(image: np.ndarray) -> np.ndarray:
+  """Luma 0.299 R + 0.587 G + 0.114 B of a float RGB [..., 3] image -> [...].
+
+  Summed per pixel rather than by a matrix product, whose rounding may depend on a pixel's
+  position, so equal pixels always get equal luma.
+  """
+  image = np.asarray(image, np.float32)
+  return (image[..., 0] * _GRAY_WEIGHTS[0] + image[..., 1] * _GRAY_WEIGHTS[1]
+          + image[..., 2] * _GRAY_WEIGHTS[2])
+
+
+def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
+  """Float RGB [..., 3] in [0, 1] -> HSV [..., 3], hue in turns [0, 1) (colorsys's formulas,
+  vectorised; grey pixels get hue and saturation 0)."""
+  image = np.asarray(image, np.float32)
+  red, green, blue = np.moveaxis(image, -1, 0)
+  value = image.max(-1)
+  spread = value - image.min(-1)
+  grey = spread == 0
+  safe_spread = np.where(grey, np.float32(1), spread)
+  saturation = np.where(grey, np.float32(0), spread / np.where(grey, np.float32(1), value))
+  red_c, green_c, blue_c = ((value - c) / safe_spread for c in (red, green, blue))
+  hue = np.where(value == red, blue_c - green_c,
+                 np.where(value == green, 2 + red_c - blue_c, 4 + green_c - red_c))
+  hue = np.where(grey, np.float32(0), (hue / 6) % np.float32(1))
+  return np.stack([hue, saturation, value], -1)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+  """Inverse of `rgb_to_hsv` (hue in turns, any real value wraps)."""
+  hsv = np.asarray(hsv, np.float32)
+  hue, saturation, value = np.moveaxis(hsv, -1, 0)
+  sector = (hue % np.float32(1)) * 6
+  whole = np.floor(sector)
+  fraction = sector - whole
+  p = value * (1 - saturation)
+  q = value * (1 - saturation * fraction)
+  t = value * (1 - saturation * (1 - fraction))
+  candidates = np.stack([value, q, p, t], -1)
+  channels = _SECTOR_CHANNELS[whole.astype(np.int64) % 6]
+  return np.take_along_axis(candidates, channels, -1)
+
+
+def strong_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """The strong view of an RGB image (uint8, or float in [0, 1]) -> float32 [H, W, 3] in [0, 1].
+
+  Photometric only, so it keeps the weak view's geometry. Draws, in this order: the order of
+  the four jitters (`rng.permutation(4)` over brightness, contrast, saturation, hue), the
+  brightness, contrast and saturation factors (each `rng.uniform(1 - x, 1 + x)`), the hue shift
+  (`rng.uniform(-hue, hue)`), then one `rng.random() < GRAYSCALE_P` for grayscale. Jitters
+  (each result clipped to [0, 1]): brightness multiplies the image; contrast blends with the
+  mean luma of the image, c * x + (1 - c) * mean; saturation blends with each pixel's luma;
+  hue adds the shift to the HSV hue (in turns). Grayscale replaces RGB by the luma, x3.
+  """
+  x = np.asarray(image)
+  x = (x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8
+       else x.astype(np.float32))
+  order = rng.permutation(4)
+  factors = [np.float32(rng.uniform(1 - COLOR_JITTER[name], 1 + COLOR_JITTER[name]))
+             for name in ("brightness", "contrast", "saturation")]
+  shift = np.float32(rng.uniform(-COLOR_JITTER["hue"], COLOR_JITTER["hue"]))
+  for jitter in order:
+    if jitter == 0:
+      x = factors[0] * x
+    elif jitter == 1:
+      x = factors[1] * x + (1 - factors[1]) * grayscale(x).mean(dtype=np.float32)
+    elif jitter == 2:
+      x = factors[2] * x + (1 - factors[2]) * grayscale(x)[..., None]
+    else:
+      hsv = rgb_to_hsv(x)
+      hsv[..., 0] = (hsv[..., 0] + shift) % np.float32(1)
+      x = hsv_to_rgb(hsv)
+    x = np.clip(x, 0, 1).astype(np.float32)
+  if rng.random() < GRAYSCALE_P:
+    x = np.repeat(grayscale(x)[..., None], 3, -1)
+  return x
+
+
 # ----------------------------------------------------------------------------- features
 
 
 @dataclasses.dataclass(frozen=True)
 class _Role:
   """How a feature moves: its output dtype, whether it is a dense [H, W] map on the label
-  grid, and its resize (value, from (h, w), to (h, w)) and flip (value, grid width)."""
+  grid, and its resize (value, from (h, w), to (h, w)), flip (value, grid width) and crop
+  (value, top, left, (h, w) of the window)."""
 
   dtype: Any
   dense: bool
   resize: Callable[[np.ndarray, tuple, tuple], np.ndarray]
   flip: Callable[[np.ndarray, int], np.ndarray]
+  crop: Callable[[np.ndarray, int, int, tuple], np.ndarray]
   shape: tuple[int, ...] | None = None
 
 
 def _flip_columns(value: np.ndarray, width: int) -> np.ndarray:
   del width
   return value[:, ::-1]
+
+
+def _crop_window(value: np.ndarray, top: int, left: int, size: tuple) -> np.ndarray:
+  return value[top:top + size[0], left:left + size[1]]
+
+
+def _shift_intrinsics(value: np.ndarray, top: int, left: int, size: tuple) -> np.ndarray:
+  """K of the window: pixel (u, v) of the window is (u + left, v + top) of the grid, so the
+  principal point moves by the offset (rows minus offset x the last row, which is [0, 0, 1])."""
+  del size
+  shifted = np.array(value, np.float64)
+  shifted[0] -= left * shifted[2]
+  shifted[1] -= top * shifted[2]
+  return shifted
 
 
 def _scale_intrinsics(value: np.ndarray, grid: tuple, size: tuple) -> np.ndarray:
@@ -165,11 +292,13 @@ def _mirror_intrinsics(value: np.ndarray, width: int) -> np.ndarray:
 
 FEATURE_ROLES: Mapping[str, _Role] = {
     "depth": _Role(np.float32, True, lambda v, grid, size: resize_nearest(v, size),
-                   _flip_columns),
+                   _flip_columns, _crop_window),
     "superpixels": _Role(np.int32, True, lambda v, grid, size: resize_nearest(v, size),
-                         _flip_columns),
-    "pose": _Role(np.float32, False, lambda v, grid, size: v, lambda v, width: v, (4, 4)),
-    "intrinsics": _Role(np.float32, False, _scale_intrinsics, _mirror_intrinsics, (3, 3)),
+                         _flip_columns, _crop_window),
+    "pose": _Role(np.float32, False, lambda v, grid, size: v, lambda v, width: v,
+                  lambda v, top, left, size: v, (4, 4)),
+    "intrinsics": _Role(np.float32, False, _scale_intrinsics, _mirror_intrinsics,
+                        _shift_intrinsics, (3, 3)),
 }
 
 _RESERVED_KEYS = (*catalog.RESERVED_KEYS, "_grid")  # "_grid": the label grid, internal.
@@ -293,6 +422,52 @@ class _IndexedRecords:
     return f"_IndexedRecords({self._split!r})"
 
 
+class _SubsetRecords:
+  """Random-access source over some images of a split: position i reads split[indices[i]]
+  and tags it with that index, its position in the whole split (what the ledger uses)."""
+
+  def __init__(self, split, indices: np.ndarray):
+    self._split = split
+    self._indices = indices
+    self._checksum = zlib.crc32(indices.astype(np.int64).tobytes())
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, position) -> dict:
+    index = int(self._indices[int(position)])
+    record = _record(self._split, index)
+    record["index"] = np.int32(index)
+    return record
+
+  def __repr__(self) -> str:
+    # grain compares the source's repr on restore: a different subset must not resume.
+    return (f"_SubsetRecords({self._split!r}, count={len(self._indices)}, "
+            f"indices_crc={self._checksum})")
+
+
+def _check_indices(indices, num_examples: int) -> np.ndarray:
+  """Sorted int64 subset of range(num_examples); empty, repeated or out-of-range raise."""
+  array = np.asarray(indices)
+  if array.ndim != 1:
+    raise ValueError(f"indices must be a flat sequence of image indices, got shape "
+                     f"{array.shape}")
+  if not array.size:
+    raise ValueError("indices is empty: the subset of the split to sample has no images")
+  if array.dtype.kind not in "iu":
+    raise ValueError(f"indices must be integers (positions in the split), got {array.dtype}")
+  array = np.sort(array.astype(np.int64))
+  outside = array[(array < 0) | (array >= num_examples)]
+  if outside.size:
+    raise ValueError(f"indices {outside.tolist()[:10]} lie outside the split's "
+                     f"{num_examples} images")
+  repeated = np.unique(array[1:][array[1:] == array[:-1]])
+  if repeated.size:
+    raise ValueError(f"indices {repeated.tolist()[:10]} are repeated; give each image once")
+  array.setflags(write=False)
+  return array
+
+
 class _PaddedRecords:
   """Pads a split to `length` by repeating its last record with valid=False."""
 
@@ -377,6 +552,29 @@ class _DecodeResize(grain.transforms.Map):
     return np.where(mask, label, np.uint8(labels_lib.IGNORE_LABEL))
 
 
+class _RandomCrop(grain.transforms.RandomMap):
+  """A uniformly placed `size` window of image, label and features (by role); the label (and
+  the features' grid) must have the image's size."""
+
+  def __init__(self, size: tuple[int, int], features: Mapping[str, str] | None = None):
+    self._size = tuple(size)
+    self._features = dict(features or {})
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    height, width = element["image"].shape[:2]
+    top = int(rng.integers(0, height - self._size[0] + 1))
+    left = int(rng.integers(0, width - self._size[1] + 1))
+    element = dict(element)
+    element["image"] = _crop_window(element["image"], top, left, self._size)
+    if "label" in element:
+      element["label"] = _crop_window(element["label"], top, left, self._size)
+    for key, role in self._features.items():
+      element[key] = FEATURE_ROLES[role].crop(element[key], top, left, self._size)
+    if "_grid" in element:
+      element["_grid"] = self._size
+    return element
+
+
 class _RandomFlip(grain.transforms.RandomMap):
   """Horizontal flip of image, label and features (by role) with probability 1/2."""
 
@@ -394,14 +592,30 @@ class _RandomFlip(grain.transforms.RandomMap):
     return element
 
 
+class _StrongView(grain.transforms.RandomMap):
+  """Adds "strong_image" (float [0, 1]), `strong_augment` of the final uint8 image.
+
+  grain hands every random operation of a sample the same generator, seeded by the sample's
+  stream position; this one runs after the crop and the flip, so its draws come after theirs
+  and the weak view is the same with or without it.
+  """
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    element = dict(element)
+    element["strong_image"] = strong_augment(element["image"], rng)
+    return element
+
+
 class _Finalize(grain.transforms.Map):
-  """Normalises the image and fixes output dtypes."""
+  """Normalises the image(s) and fixes output dtypes."""
 
   def __init__(self, features: Mapping[str, str] | None = None):
     self._features = dict(features or {})
 
   def map(self, element: dict) -> dict:
     out = {"image": normalize_image(element["image"]), "index": np.int32(element["index"])}
+    if "strong_image" in element:
+      out["strong_image"] = (element["strong_image"] - IMAGENET_MEAN) / IMAGENET_STD
     if "label" in element:
       out["label"] = np.ascontiguousarray(element["label"], np.int32)
     if "label_size" in element:
@@ -534,12 +748,31 @@ def _loader(source, sampler, operations, *, worker_count: int, worker_buffer_siz
   )
 
 
+def _check_crop(crop_size, image_size, label_size) -> tuple[int, int] | None:
+  """crop_size as (height, width), or None; it must fit the image, and labels (with the
+  dense features on their grid) must share the image's size so one window cuts all."""
+  crop_size = _check_size(crop_size, "crop_size")
+  if crop_size is None:
+    return None
+  if label_size is not None and label_size != image_size:
+    raise ValueError(f"crop_size needs labels at the image size: got label_size {label_size} "
+                     f"and image_size {image_size}; pass label_size=None or equal to image_size")
+  if crop_size[0] > image_size[0] or crop_size[1] > image_size[1]:
+    raise ValueError(f"crop_size {crop_size} is larger than image_size {image_size}")
+  return crop_size
+
+
 def _training_operations(image_size, label_size, flip: bool, batch_size: int,
-                         labeled_masks=None, label_map=None, features=None) -> list:
+                         labeled_masks=None, label_map=None, features=None, crop_size=None,
+                         strong_view: bool = False) -> list:
   operations = [_DecodeResize(image_size, label_size or image_size, labeled_masks=labeled_masks,
                               label_map=label_map, features=features)]
+  if crop_size is not None:
+    operations.append(_RandomCrop(crop_size, features))
   if flip:
     operations.append(_RandomFlip(features))
+  if strong_view:
+    operations.append(_StrongView())
   operations += [_Finalize(features), grain.transforms.Batch(batch_size, drop_remainder=True,
                                                              batch_fn=_batch_examples)]
   return operations
@@ -552,7 +785,8 @@ def source_train_loader(split, *, batch_size: int, image_size: tuple[int, int],
                         shard_options: grain.sharding.ShardOptions | None = None,
                         sub_epoch_size: int = DEFAULT_SUB_EPOCH_SIZE,
                         label_map: np.ndarray | None = None,
-                        features: Mapping[str, str] | Sequence[str] | None = None
+                        features: Mapping[str, str] | Sequence[str] | None = None,
+                        crop_size: tuple[int, int] | None = None, strong_view: bool = False
                         ) -> grain.DataLoader:
   """Endless batches {"image", "label", "index", <features>} of the labelled source domain.
 
@@ -571,9 +805,15 @@ def source_train_loader(split, *, batch_size: int, image_size: tuple[int, int],
     label_map: [256] table, stored id -> the run's class index (`catalog.label_map`); None
       keeps stored ids. Class-balanced sampling then counts classes of the run's space.
     features: extra example keys to carry, key -> role (None: `split.features`, if any).
+    crop_size: (height, width) of a uniformly random crop taken after resizing to
+      `image_size` and before the flip (None: no crop); needs label_size None or equal to
+      image_size, and must fit in image_size.
+    strong_view: also return "strong_image", `strong_augment` of the (cropped, flipped) image,
+      normalised like "image"; "image" and "label" stay exactly as without it.
   """
   image_size = _check_size(image_size, "image_size")
   label_size = _check_size(label_size, "label_size")
+  crop_size = _check_crop(crop_size, image_size, label_size)
   label_map = _check_label_map(label_map)
   features = _check_features(split, features)
   if sampling == "class_balanced":
@@ -586,7 +826,8 @@ def source_train_loader(split, *, batch_size: int, image_size: tuple[int, int],
   _check_batch_size(batch_size, 1)
   return _loader(_IndexedRecords(split), sampler,
                  _training_operations(image_size, label_size, flip, batch_size,
-                                      label_map=label_map, features=features),
+                                      label_map=label_map, features=features,
+                                      crop_size=crop_size, strong_view=strong_view),
                  worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                  shard_options=shard_options, batch_size=batch_size)
 
@@ -597,7 +838,9 @@ def target_train_loader(split, labeled_masks: LabeledMasks, *, batch_size: int,
                         worker_buffer_size: int = 2,
                         shard_options: grain.sharding.ShardOptions | None = None,
                         label_map: np.ndarray | None = None,
-                        features: Mapping[str, str] | Sequence[str] | None = None
+                        features: Mapping[str, str] | Sequence[str] | None = None,
+                        indices: Sequence[int] | None = None,
+                        crop_size: tuple[int, int] | None = None, strong_view: bool = False
                         ) -> grain.DataLoader:
   """Endless shuffled batches {"image", "label", "index", <features>} of the target pool.
 
@@ -608,21 +851,30 @@ def target_train_loader(split, labeled_masks: LabeledMasks, *, batch_size: int,
   Args:
     split: target training split.
     labeled_masks: `labeled_masks[i]` -> bool [H, W] at split[i]'s label size; read only.
+    indices: sample only these images of the split (shuffled endless epochs over the subset;
+      their order does not matter); "index" stays the position in the whole split. None: all
+      images. Empty, repeated or out-of-range indices raise ValueError.
     batch_size, image_size, label_size, flip, seed, worker_count, worker_buffer_size,
-    shard_options, label_map, features: as in `source_train_loader`.
+    shard_options, label_map, features, crop_size, strong_view: as in `source_train_loader`.
   """
   if len(labeled_masks) != len(split):
     raise ValueError(f"labeled_masks has {len(labeled_masks)} entries but the split has "
                      f"{len(split)} images")
   image_size = _check_size(image_size, "image_size")
   label_size = _check_size(label_size, "label_size")
+  crop_size = _check_crop(crop_size, image_size, label_size)
   label_map = _check_label_map(label_map)
   features = _check_features(split, features)
   _check_batch_size(batch_size, 1)
-  sampler = grain.samplers.IndexSampler(len(split), shuffle=True, seed=seed, num_epochs=None)
-  return _loader(_IndexedRecords(split), sampler,
+  if indices is None:
+    source = _IndexedRecords(split)
+  else:
+    source = _SubsetRecords(split, _check_indices(indices, len(split)))
+  sampler = grain.samplers.IndexSampler(len(source), shuffle=True, seed=seed, num_epochs=None)
+  return _loader(source, sampler,
                  _training_operations(image_size, label_size, flip, batch_size, labeled_masks,
-                                      label_map=label_map, features=features),
+                                      label_map=label_map, features=features,
+                                      crop_size=crop_size, strong_view=strong_view),
                  worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                  shard_options=shard_options, batch_size=batch_size)
 

@@ -22,7 +22,15 @@ from flax import nnx
 from ripu_jax.image_ops import upsample_logits
 from ripu_jax.image_ops import upsample_logits as upsample
 from ripu_jax.models.deeplab import ASPPV2, DeepLabV2, DeepLabV3Plus, DeepLabV3PlusHead
-from ripu_jax.models.layers import BATCH_NORM_EPS, Conv, FrozenBatchNorm, FrozenStat
+from ripu_jax.models.layers import (
+    BATCH_NORM_EPS,
+    NORMS,
+    BatchNorm,
+    Conv,
+    FrozenBatchNorm,
+    FrozenStat,
+    make_norm,
+)
 from ripu_jax.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -84,6 +92,7 @@ __all__ = [
     "ASPPV2",
     "BATCH_NORM_EPS",
     "BasicBlock",
+    "BatchNorm",
     "Bottleneck",
     "Conv",
     "DeepLabV2",
@@ -91,11 +100,13 @@ __all__ = [
     "DeepLabV3PlusHead",
     "FrozenBatchNorm",
     "FrozenStat",
+    "NORMS",
     "ResNet",
     "Segmentor",
     "build_model",
     "load_torchvision_npz",
     "load_torchvision_weights",
+    "make_norm",
     "model_names",
     "register_model",
     "resnet_from_torchvision",

@@ -9,6 +9,7 @@ matrix products, and the ASPP-v2 head is one matrix product plus shifted sums.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -328,6 +329,130 @@ class FrozenBatchNorm(nnx.Module):
     scale = weight * jax.lax.rsqrt(var + self.eps)
     shift = bias - mean * scale
     return x * scale.astype(x.dtype) + shift.astype(x.dtype)
+
+
+class BatchNorm(nnx.Module):
+  """Batch norm that learns its statistics, as torch's BatchNorm2d (NHWC input).
+
+  In training mode (`use_running_average=False`, the state after construction) it
+  normalises with the batch's mean and biased variance over (N, H, W) (every axis but the
+  last, channels, so [N, C] input works as BatchNorm1d) and moves the running
+  statistics torch's way, `running = (1 - momentum) * running + momentum * batch_stat`,
+  the variance term unbiased (n / (n - 1)). In evaluation mode it uses the running
+  statistics, exactly as `FrozenBatchNorm`. `module.train()` / `module.eval()` switch the
+  mode of every BatchNorm inside a model.
+
+  Synchronised batch norm: under `jax.jit` over a batch sharded on a device mesh, the batch
+  statistics are the global ones over all devices (a jitted program computes the mean of
+  the whole logical array), so no cross-device reduction is written here.
+
+  Variables carry FrozenBatchNorm's names (`weight`, `bias`, `running_mean`,
+  `running_var`) so torchvision weights load into either. The running statistics are
+  `nnx.BatchStat`: updated in the forward pass (also inside `nnx.jit` and `nnx.grad`),
+  never differentiated. The affine terms are `nnx.Param` when `trainable_affine`, else
+  `FrozenStat`, which an optimizer over `nnx.Param` leaves alone. Statistics and the
+  normalisation are computed in float32; the output has the input's dtype.
+  """
+
+  def __init__(
+      self,
+      num_features: int,
+      *,
+      weight_init: float = 1.0,
+      eps: float = BATCH_NORM_EPS,
+      momentum: float = 0.1,
+      trainable_affine: bool = True,
+      dtype: Any = jnp.float32,
+      param_dtype: Any = jnp.float32,
+  ):
+    if int(num_features) < 1:
+      raise ValueError(f"num_features must be >= 1, got {num_features}")
+    try:
+      momentum = float(momentum)
+    except (TypeError, ValueError) as error:
+      raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}") from error
+    if not 0.0 <= momentum <= 1.0:
+      raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+    self.num_features = int(num_features)
+    self.eps = check_bn_epsilon(eps)
+    self.momentum = momentum
+    self.trainable_affine = bool(trainable_affine)
+    self.dtype = canonical_dtype(dtype)
+    self.use_running_average = False
+    affine = nnx.Param if self.trainable_affine else FrozenStat
+    ones = np.ones((self.num_features,), np.float32)
+    zeros = np.zeros((self.num_features,), np.float32)
+    self.weight = affine(jnp.asarray(weight_init * ones, param_dtype))
+    self.bias = affine(jnp.asarray(zeros, param_dtype))
+    self.running_mean = nnx.BatchStat(jnp.asarray(zeros, param_dtype))
+    self.running_var = nnx.BatchStat(jnp.asarray(ones, param_dtype))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim < 2 or x.shape[-1] != self.num_features:
+      raise ValueError(
+          f"expected channels-last input with {self.num_features} channels, got shape "
+          f"{x.shape}")
+    weight = self.weight[...].astype(jnp.float32)
+    bias = self.bias[...].astype(jnp.float32)
+    if not self.trainable_affine:
+      weight = jax.lax.stop_gradient(weight)
+      bias = jax.lax.stop_gradient(bias)
+    values = x.astype(jnp.float32)
+    if self.use_running_average:
+      mean = jax.lax.stop_gradient(self.running_mean[...]).astype(jnp.float32)
+      var = jax.lax.stop_gradient(self.running_var[...]).astype(jnp.float32)
+    else:
+      axes = tuple(range(x.ndim - 1))
+      count = math.prod(x.shape[:-1])
+      if count < 2:
+        raise ValueError(
+            "batch norm in training mode needs more than one value per channel (N * H * W "
+            f">= 2), got input shape {x.shape}; call .eval() to use the running statistics")
+      mean = jnp.mean(values, axis=axes)
+      var = jnp.mean(jnp.square(values - mean), axis=axes)
+      self._update_running_stats(mean, var * (count / (count - 1)))
+    scale = weight * jax.lax.rsqrt(var + self.eps)
+    shift = bias - mean * scale
+    return (values * scale + shift).astype(x.dtype)
+
+  def _update_running_stats(self, mean: jax.Array, unbiased_var: jax.Array) -> None:
+    keep = 1.0 - self.momentum
+    for variable, batch_stat in ((self.running_mean, mean), (self.running_var, unbiased_var)):
+      running = variable[...].astype(jnp.float32)
+      updated = keep * running + self.momentum * batch_stat
+      variable[...] = jax.lax.stop_gradient(updated).astype(variable.dtype)
+
+
+NORMS = ("frozen", "batch", "batch_affine")
+
+
+def check_norm(norm: str) -> str:
+  """Accepts one of `NORMS`; anything else is a ValueError listing them."""
+  if not isinstance(norm, str) or norm not in NORMS:
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+  return norm
+
+
+def make_norm(
+    norm: str,
+    num_features: int,
+    *,
+    weight_init: float = 1.0,
+    eps: float = BATCH_NORM_EPS,
+    dtype: Any = jnp.float32,
+) -> FrozenBatchNorm | BatchNorm:
+  """Builds the batch norm a network's `norm` setting names.
+
+  "frozen": `FrozenBatchNorm`, fixed statistics and affine terms. "batch": `BatchNorm`
+  with batch statistics and fixed affine terms (a backbone whose scale/shift stay out of
+  the optimizer). "batch_affine": `BatchNorm` with batch statistics and trained affine
+  terms. One factory so backbones and heads build their norms alike.
+  """
+  norm = check_norm(norm)
+  if norm == "frozen":
+    return FrozenBatchNorm(num_features, weight_init=weight_init, eps=eps, dtype=dtype)
+  return BatchNorm(num_features, weight_init=weight_init, eps=eps, dtype=dtype,
+                   trainable_affine=norm == "batch_affine")
 
 
 def max_pool_3x3_stride2(x: jax.Array) -> jax.Array:

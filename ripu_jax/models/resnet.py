@@ -7,6 +7,8 @@ stage: a stage's stride-2 is kept, traded for dilation (torchvision's
 `replace_stride_with_dilation`; DeepLab's default, output stride 8) or dropped without
 dilation (`drop_stride`; ELN's ResNet-34 at output stride 16). `multi_grid` scales layer4's
 per-block dilations as in DeepLab-v3 (ELN's output-stride-16 segmentation backbone).
+Batch norm is frozen by default (`norm="frozen"`); `norm="batch"` / `"batch_affine"` learn
+batch statistics (ELN), with fixed or trained scale and shift.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from flax import nnx
 
 from ripu_jax.models.layers import (
     BATCH_NORM_EPS,
+    BatchNorm,
     Conv,
     FrozenBatchNorm,
     canonical_dtype,
     check_bn_epsilon,
+    check_norm,
+    make_norm,
     max_pool_3x3_stride2,
 )
 
@@ -39,11 +44,11 @@ class _ResidualBlock(nnx.Module):
   """What both block types share: the optional projection shortcut and the residual sum."""
 
   def _shortcut(self, in_features: int, out_features: int, *, stride: int, downsample: bool,
-                eps: float, dtype: Any, rngs: nnx.Rngs) -> None:
+                eps: float, norm: str, dtype: Any, rngs: nnx.Rngs) -> None:
     if downsample:
       self.downsample_conv = Conv(
           in_features, out_features, 1, stride=stride, dtype=dtype, rngs=rngs)
-      self.downsample_bn = FrozenBatchNorm(out_features, eps=eps, dtype=dtype)
+      self.downsample_bn = make_norm(norm, out_features, eps=eps, dtype=dtype)
     else:
       self.downsample_conv = None
       self.downsample_bn = None
@@ -70,19 +75,21 @@ class Bottleneck(_ResidualBlock):
       downsample: bool,
       residual_gamma: float,
       bn_epsilon: float = BATCH_NORM_EPS,
+      norm: str = "frozen",
       dtype: Any,
       rngs: nnx.Rngs,
   ):
     out_features = planes * EXPANSION
     eps = bn_epsilon
+    norm = check_norm(norm)
     self.conv1 = Conv(in_features, planes, 1, dtype=dtype, rngs=rngs)
-    self.bn1 = FrozenBatchNorm(planes, eps=eps, dtype=dtype)
+    self.bn1 = make_norm(norm, planes, eps=eps, dtype=dtype)
     self.conv2 = Conv(planes, planes, 3, stride=stride, dilation=dilation, dtype=dtype, rngs=rngs)
-    self.bn2 = FrozenBatchNorm(planes, eps=eps, dtype=dtype)
+    self.bn2 = make_norm(norm, planes, eps=eps, dtype=dtype)
     self.conv3 = Conv(planes, out_features, 1, dtype=dtype, rngs=rngs)
-    self.bn3 = FrozenBatchNorm(out_features, weight_init=residual_gamma, eps=eps, dtype=dtype)
+    self.bn3 = make_norm(norm, out_features, weight_init=residual_gamma, eps=eps, dtype=dtype)
     self._shortcut(in_features, out_features, stride=stride, downsample=downsample, eps=eps,
-                   dtype=dtype, rngs=rngs)
+                   norm=norm, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -110,17 +117,19 @@ class BasicBlock(_ResidualBlock):
       downsample: bool,
       residual_gamma: float,
       bn_epsilon: float = BATCH_NORM_EPS,
+      norm: str = "frozen",
       dtype: Any,
       rngs: nnx.Rngs,
   ):
     eps = bn_epsilon
+    norm = check_norm(norm)
     self.conv1 = Conv(in_features, planes, 3, stride=stride, dilation=dilation, dtype=dtype,
                       rngs=rngs)
-    self.bn1 = FrozenBatchNorm(planes, eps=eps, dtype=dtype)
+    self.bn1 = make_norm(norm, planes, eps=eps, dtype=dtype)
     self.conv2 = Conv(planes, planes, 3, dilation=dilation, dtype=dtype, rngs=rngs)
-    self.bn2 = FrozenBatchNorm(planes, weight_init=residual_gamma, eps=eps, dtype=dtype)
+    self.bn2 = make_norm(norm, planes, weight_init=residual_gamma, eps=eps, dtype=dtype)
     self._shortcut(in_features, planes, stride=stride, downsample=downsample, eps=eps,
-                   dtype=dtype, rngs=rngs)
+                   norm=norm, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -139,13 +148,14 @@ def _three_flags(name: str, flags: Sequence[bool]) -> tuple[bool, bool, bool]:
 
 
 class ResNet(nnx.Module):
-  """ResNet feature extractor with frozen batch norm.
+  """ResNet feature extractor; batch norm frozen by default, or learning batch statistics.
 
   Attributes:
     in_channels: channels of the input images (3 for RGB).
     low_features: channels of layer1's output (256 at full width; 64 for depth 18/34).
     out_features: channels of layer4's output (2048 at full width; 512 for depth 18/34).
     output_stride: input size / layer4 size (8 by default).
+    norm: the batch-norm kind, one of `NORMS` ("frozen", "batch", "batch_affine").
   """
 
   def __init__(
@@ -160,6 +170,7 @@ class ResNet(nnx.Module):
       in_channels: int = 3,
       residual_gamma: float = 0.2,
       bn_epsilon: float = BATCH_NORM_EPS,
+      norm: str = "frozen",
       dtype: Any = jnp.float32,
       rngs: nnx.Rngs,
   ):
@@ -184,8 +195,14 @@ class ResNet(nnx.Module):
       residual_gamma: initial weight of each block's last batch norm. With frozen
         default statistics a He-initialised deep ResNet blows up at gamma 1; a small
         gamma keeps random-init activations finite. Pretrained weights replace it.
-      bn_epsilon: epsilon of every frozen batch norm (torchvision's 1e-5; the RIPU release
+      bn_epsilon: epsilon of every batch norm (torchvision's 1e-5; the RIPU release
         uses 0).
+      norm: batch-norm kind. "frozen" (default): `FrozenBatchNorm`, fixed statistics.
+        "batch": `BatchNorm`, batch statistics in training mode and running ones after
+        `.eval()`, scale and shift fixed (`FrozenStat`, outside an optimizer over
+        `nnx.Param`; ELN's segmentation backbone). "batch_affine": as "batch" with trained
+        scale and shift (`nnx.Param`; ELN's own network). A BatchNorm model starts in
+        training mode.
       dtype: compute dtype (float32 or bfloat16); parameters stay float32.
       rngs: random streams; `params` initialises the convolutions.
     """
@@ -217,13 +234,14 @@ class ResNet(nnx.Module):
     if int(in_channels) < 1:
       raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     bn_epsilon = check_bn_epsilon(bn_epsilon)
+    self.norm = check_norm(norm)
     block_type = BasicBlock if depth in BASIC_DEPTHS else Bottleneck
     self.dtype = canonical_dtype(dtype)
     self.blocks = blocks
     self.in_channels = int(in_channels)
     stem = _scaled(64, width_multiplier)
     self.conv1 = Conv(self.in_channels, stem, 7, stride=2, dtype=self.dtype, rngs=rngs)
-    self.bn1 = FrozenBatchNorm(stem, eps=bn_epsilon, dtype=self.dtype)
+    self.bn1 = make_norm(self.norm, stem, eps=bn_epsilon, dtype=self.dtype)
     in_features = stem
     dilation = 1
     output_stride = 4  # The stem conv and the max pool.
@@ -252,6 +270,7 @@ class ResNet(nnx.Module):
             downsample=block_index == 0 and (stride != 1 or in_features != out_features),
             residual_gamma=residual_gamma,
             bn_epsilon=bn_epsilon,
+            norm=self.norm,
             dtype=self.dtype,
             rngs=rngs,
         ))
@@ -292,7 +311,11 @@ def _torchvision_targets(model: ResNet) -> dict[str, tuple[nnx.Variable, tuple[i
     kh, kw, in_features, out_features = conv.kernel.shape
     targets[f"{prefix}.weight"] = (conv.kernel, (out_features, in_features, kh, kw))
 
-  def add_bn(prefix: str, bn: FrozenBatchNorm):
+  def add_bn(prefix: str, bn: FrozenBatchNorm | BatchNorm):
+    # Both batch-norm kinds hold the same four variables under torchvision's names.
+    if not isinstance(bn, (FrozenBatchNorm, BatchNorm)):
+      raise ValueError(f"{prefix} is a {type(bn).__name__}, expected FrozenBatchNorm or "
+                       "BatchNorm")
     for name in _BN_KEYS:
       variable = getattr(bn, name)
       targets[f"{prefix}.{name}"] = (variable, tuple(variable.shape))
@@ -323,8 +346,9 @@ def load_torchvision_weights(model: ResNet, state_dict: Mapping[str, Any], *,
                              keep_random: Sequence[str] = ()) -> ResNet:
   """Copies a torchvision ResNet state dict (key -> array) into `model`, in place.
 
-  `fc.*` and `num_batches_tracked` are ignored; any other missing, unexpected or
-  mis-shaped key raises a ValueError naming it.
+  Fills conv kernels and every batch norm's weight, bias, running_mean and running_var,
+  whichever `norm` the model was built with. `fc.*` and `num_batches_tracked` are ignored;
+  any other missing, unexpected or mis-shaped key raises a ValueError naming it.
 
   A stem over other than 3 input channels (`in_channels`) cannot take ImageNet's
   `conv1.weight`, and that raises too rather than silently leaving the stem random: a
@@ -388,6 +412,7 @@ def resnet_from_torchvision(
     multi_grid: Sequence[int] | None = None,
     in_channels: int = 3,
     bn_epsilon: float = BATCH_NORM_EPS,
+    norm: str = "frozen",
     keep_random: Sequence[str] = (),
     dtype: Any = jnp.float32,
 ) -> ResNet:
@@ -397,7 +422,7 @@ def resnet_from_torchvision(
     state_dict: torchvision key names -> arrays (numpy or anything `np.asarray` takes),
       e.g. from `load_torchvision_npz`.
     depth, blocks, width_multiplier, replace_stride_with_dilation, drop_stride, multi_grid,
-      in_channels, bn_epsilon, dtype: as `ResNet`.
+      in_channels, bn_epsilon, norm, dtype: as `ResNet`.
     keep_random: as `load_torchvision_weights`.
 
   Returns:
@@ -413,6 +438,7 @@ def resnet_from_torchvision(
       multi_grid=multi_grid,
       in_channels=in_channels,
       bn_epsilon=bn_epsilon,
+      norm=norm,
       dtype=dtype,
       rngs=nnx.Rngs(0),
   )
