@@ -193,6 +193,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.source = "synthetic" if config.data.source else config.data.source
   config.data.target = "synthetic"
   config.data.source_size = config.data.target_size = config.eval.size = (64, 128)
+  config.data.crop_size = None
   config.data.worker_count = 0
   config.data.synthetic.update(height=64, width=128, num_source_train=8, num_target_train=4,
                                num_target_val=4)
@@ -263,7 +264,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   crop = config.data.get("crop_size")
   if crop is not None:
     _check_size(tuple(crop), "data.crop_size")
-    for name in ("source_size", "target_size"):
+    for name in ("source_size", "target_size") if config.data.source else ("target_size",):
       _check(all(c <= s for c, s in zip(crop, config.data[name])),
              f"data.crop_size {tuple(crop)} must fit in data.{name} "
              f"{tuple(config.data[name])}")

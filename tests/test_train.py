@@ -53,7 +53,14 @@ def test_every_config_loads_and_validates(path):
     registry.import_plugins(config.plugins)
     config_lib.validate(config)
     assert "python -m ripu_jax.main --config configs/" + name + ".py" in open(path).read()
-  if not os.path.basename(name).startswith("demo"):
+  if name.startswith("eln/") and not os.path.basename(name).startswith("demo"):
+    real = load_config(name)  # ELN's semi-supervised release setting
+    assert (real.optim.name, real.optim.schedule, real.optim.base_lr) == (
+        "adamw", "constant", 1e-5)
+    assert real.optim.head_lr_multiplier == 10 and real.optim.weight_decay == 1e-5
+    assert real.train.batch_size == 4 and real.eln.teacher_decay == 0.995
+    assert (real.eln.aux_from, real.eln.self_training_from) == (100 * 266, 158 * 266)
+  elif not os.path.basename(name).startswith("demo"):
     real = load_config(name)
     assert real.optim.base_lr == 2.5e-4 and real.optim.max_iter == 62_500
     assert real.num_steps == 40_000 and real.train.batch_size == 2

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ripu_jax.image_ops import resize_bilinear, upsample_logits
+from ripu_jax.methods.eln import losses
 from ripu_jax.models import register_model
 from ripu_jax.models.layers import (BATCH_NORM_EPS, Conv, canonical_dtype, he_normal_fan_in,
                                     make_norm, torch_default_bias_init)
@@ -202,12 +203,6 @@ class ElnDeepLab(Segmentor):
     return {name: results[name] for name in names}
 
 
-def entropy(logits: jax.Array) -> jax.Array:
-  """-sum p ln p over the last axis, [B, H, W] float32 (0 where p = 0)."""
-  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
-
-
 class ErrorLocalizationNet(nnx.Module):
   """ELN: is the prediction right here? One logit per stride-4 pixel.
 
@@ -241,7 +236,7 @@ class ErrorLocalizationNet(nnx.Module):
                        f"images {images.shape}, got {logits.shape}")
     logits = upsample_logits(jax.lax.stop_gradient(logits), images.shape[1:3])
     images = jax.lax.stop_gradient(images).astype(jnp.float32)
-    return jnp.concatenate([images, entropy(logits)[..., None], logits], axis=-1)
+    return jnp.concatenate([images, losses.entropy_map(logits)[..., None], logits], axis=-1)
 
   def __call__(self, images: jax.Array, logits: jax.Array) -> jax.Array:
     features = self.backbone(self.inputs(images, logits))

@@ -69,10 +69,10 @@ def _eval_view(module: nnx.Module) -> nnx.Module:
 
 def _blend(destination: nnx.Module, source: nnx.Module, weight: jax.Array,
            kinds) -> None:
-  """destination = (1 - weight) * destination + weight * source over variables of `kinds`."""
-  new = jax.tree.map(lambda d, s: ((1.0 - weight) * d + weight * s).astype(d.dtype),
-                     nnx.state(destination, kinds), nnx.state(source, kinds))
-  nnx.update(destination, new)
+  """destination = (1 - weight) * destination + weight * source over variables of `kinds`
+  (weight 1 copies, 1 - decay is the EMA step)."""
+  nnx.update(destination, losses.ema_update(nnx.state(destination, kinds),
+                                            nnx.state(source, kinds), 1.0 - weight))
 
 
 def _at(logits: jax.Array, size) -> jax.Array:
