@@ -5,11 +5,16 @@ the median seconds per step and the peak resident memory, and writes them as JSO
 `--compare ripu,labor,labor_shared` times each objective in its own process (so each peak
 memory is its own), one after the other with the same sizes, and prints them side by side:
 what LabOR's extra networks (selector, discriminator) cost, and what sharing A's backbone
-(labor.share_backbone) saves.
+(labor.share_backbone) saves. `--objective eln` times ELN's self-training step (its stage 3:
+student on the labelled, weak and strong images, two auxiliary decoders, the ELN on three
+predictions and on the teacher's, the EMA teacher, the contrastive loss) on the
+"eln_deeplabv3plus" student with batch-statistics BN, `--batch` labelled + `--batch`
+unlabelled images.
 
   python scripts/benchmark_train_step.py --height 256 --width 512 --dtype float32
   python scripts/benchmark_train_step.py --height 256 --width 512 --dtype bfloat16
   python scripts/benchmark_train_step.py --height 256 --width 512 --compare ripu,labor,labor_shared
+  python scripts/benchmark_train_step.py --height 256 --width 512 --compare ripu,eln
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from ripu_jax import config_lib
+from ripu_jax.methods.eln.config import semi_supervised_config
 from ripu_jax.methods.labor.config import labor_config
 from ripu_jax.models import build_model
 from ripu_jax.objectives import OBJECTIVES, TrainState
@@ -53,8 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
   parser.add_argument("--source-free", action="store_true",
                       help="the same as --objective source_free")
-  parser.add_argument("--objective", choices=("ripu", "source_free", *LABOR_VARIANTS),
-                      default="ripu", help="labor_shared: LabOR with labor.share_backbone")
+  parser.add_argument("--objective", choices=("ripu", "source_free", *LABOR_VARIANTS, "eln"),
+                      default="ripu", help="labor_shared: LabOR with labor.share_backbone; "
+                      "eln: ELN's self-training step")
   parser.add_argument("--compare", default=None,
                       help="comma-separated objectives, each timed in its own process")
   parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/...)")
@@ -109,6 +116,19 @@ def make_batch(args: argparse.Namespace, seed: int = 0) -> dict[str, np.ndarray]
   }
 
 
+def make_semi_supervised_batch(args: argparse.Namespace, seed: int = 0) -> dict[str, np.ndarray]:
+  """ELN's streams: labelled images with dense labels, unlabelled ones with a strong view."""
+  rng = np.random.default_rng(seed)
+  shape = (args.batch, args.height, args.width)
+  return {
+      "labelled_images": rng.standard_normal(shape + (3,), np.float32),
+      "labelled_labels": rng.integers(0, args.num_classes, shape).astype(np.int32),
+      "unlabelled_images": rng.standard_normal(shape + (3,), np.float32),
+      "unlabelled_strong_image": rng.standard_normal(shape + (3,), np.float32),
+      "unlabelled_labels": np.full(shape, 255, np.int32),
+  }
+
+
 def compare(args: argparse.Namespace, argv: list[str]) -> list[dict]:
   """Times each objective of --compare in its own process; prints them side by side."""
   import subprocess  # pylint: disable=g-import-not-at-top
@@ -153,29 +173,40 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
   batch = make_batch(args)
   objective_name = "source_free" if args.source_free else args.objective
   config = config_lib.base_config()
+  model_name = args.model
+  if objective_name == "eln":  # stage 3 from the first step
+    config = semi_supervised_config(config, fraction=0.125, aux_from=0, self_training_from=0)
+    model_name = config.model.name
+    config.model.dtype = args.dtype
+    config.model.kwargs.update(depth=args.depth, width_multiplier=args.width_multiplier)
+    config.eln.network.width_multiplier = args.width_multiplier
+    batch = make_semi_supervised_batch(args)
+  if objective_name in (*LABOR_VARIANTS, "eln") and args.num_classes != config_lib.num_classes(
+      config):
+    raise SystemExit(f"--objective {objective_name} builds its extra networks for the "
+                     f"config's {config_lib.num_classes(config)} classes; drop --num-classes")
   if objective_name in LABOR_VARIANTS:
     config = labor_config(config, "spl")
     config.labor.share_backbone = LABOR_VARIANTS[objective_name]
     config.model.name, config.model.dtype = args.model, args.dtype
     config.model.kwargs = ml_collections.ConfigDict(dict(
         depth=args.depth, width_multiplier=args.width_multiplier))
-    if args.num_classes != config_lib.num_classes(config):
-      raise SystemExit(f"--objective {objective_name} builds its selector for the config's "
-                       f"{config_lib.num_classes(config)} classes; drop --num-classes")
   objective = OBJECTIVES.get("labor" if objective_name in LABOR_VARIANTS else objective_name)(
       config)
   compile_timer = CompileTimer()
   start = time.perf_counter()
+  model_kwargs = dict(depth=args.depth, width_multiplier=args.width_multiplier)
+  if objective_name == "eln":
+    model_kwargs.update(config.model.kwargs.to_dict())
   model = build_model(
-      args.model,
+      model_name,
       args.num_classes,
       rngs=nnx.Rngs(0),
-      depth=args.depth,
-      width_multiplier=args.width_multiplier,
       dtype=args.dtype,
-      **objective.model_kwargs(),  # LabOR's shared heads
+      **model_kwargs,
+      **objective.model_kwargs(),  # LabOR's shared heads, ELN's auxiliary decoders
   )
-  if objective_name in LABOR_VARIANTS:
+  if objective_name in (*LABOR_VARIANTS, "eln"):
     state = objective.build_state(model)
     objective.initialize(state)
   else:
@@ -197,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     times.append(time.perf_counter() - tick)
     cpu_times.append(time.process_time() - cpu_tick)
   result = {
-      "model": args.model,
+      "model": model_name,
       "depth": args.depth,
       "width_multiplier": args.width_multiplier,
       "dtype": args.dtype,
@@ -227,8 +258,10 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
       "cpu_count": os.cpu_count(),
       "machine": platform.machine(),
   }
-  print(f"{objective_name}: model {args.model} depth {args.depth} {args.dtype} "
-        f"{args.height}x{args.width}, batch {args.batch} source + {args.batch} target")
+  streams = ("labelled", "unlabelled") if objective_name == "eln" else ("source", "target")
+  print(f"{objective_name}: model {model_name} depth {args.depth} {args.dtype} "
+        f"{args.height}x{args.width}, batch {args.batch} {streams[0]} + {args.batch} "
+        f"{streams[1]}")
   print(f"cold start (build + compile): {cold_start:.2f} s (build {built - start:.2f} s, "
         f"trace + lower + compile {compile_seconds:.2f} s); first step done after "
         f"{first_result:.2f} s")
@@ -242,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
   suffix = "" if objective_name == "ripu" else f"_{objective_name}"
   output = args.output or os.path.join(
       "benchmarks",
-      f"train_step_{args.model}_{args.dtype}_{args.height}x{args.width}{suffix}.json")
+      f"train_step_{model_name}_{args.dtype}_{args.height}x{args.width}{suffix}.json")
   os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
   with open(output, "w") as handle:
     json.dump(result, handle, indent=2)
