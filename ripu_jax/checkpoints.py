@@ -379,6 +379,31 @@ class Checkpoints:
     nnx.update(model, restored.model)
     return step
 
+  def restore_continued(self, state: nnx.Module, *,
+                        step: int | None = None) -> tuple[LabelLedger, dict, tuple[str, ...]]:
+    """Loads another run's newest intact (or given) checkpoint into `state`, for a run that
+    continues it with more networks: the model and every member of the train state the
+    checkpoint holds; members it lacks (a method's extra networks) keep their values.
+
+    Returns (ledger, progress, names of the members left as they were). Never moves a
+    damaged checkpoint.
+    """
+    step = self._readable(step)
+    if step is None:
+      raise self._none_intact()
+    saved = self._manager.item_metadata(step)["state"]
+    members = {name: value for name, value in _rest(state).items() if name in saved}
+    restored = self._restore_matching(step, "train state", ocp.args.Composite(
+        model=ocp.args.StandardRestore(_abstract(nnx.state(state.model))),
+        state=ocp.args.StandardRestore(_abstract(members)),
+        progress=ocp.args.JsonRestore(),
+    ))
+    nnx.update(state.model, restored.model)
+    for name, value in restored.state.items():
+      nnx.update(getattr(state, name), value)
+    fresh = tuple(name for name in _rest(state) if name not in members)
+    return self.restore_ledger(step), dict(restored.progress), fresh
+
   def _restore_matching(self, step: int, what: str, args) -> Any:
     """orbax's restore; a tree or shape that differs from this config's is one clear error."""
     try:

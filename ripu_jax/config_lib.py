@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.objective = "ripu"  # a registered objective (ripu_jax.objectives.OBJECTIVES)
+  # Workdir of a finished run whose whole state (model, optimizer, ledger, step, data
+  # position) this one continues from its last step, e.g. with an ELN stage.
+  config.train.continue_from = ""
   config.train.batch_size = 2  # source and target images per step, each
   config.train.consistency_weight = 0.1
   config.train.negative_weight = 1.0

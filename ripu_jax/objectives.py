@@ -14,7 +14,9 @@ An objective is the unit a method plugs in for training. It says
                           and any extra networks and optimizers (a selector, a
                           discriminator, a teacher), all saved whole by the checkpoints
   initialize(state)       once, on a fresh run, after the model got its starting weights
-                          (`model.init_from`): e.g. copy them into an extra network
+                          (`model.init_from`, or a whole run's state with
+                          `train.continue_from`): e.g. copy them into an extra network
+  check_start(step)       a clear error when a continued run cannot start at that step
   model_kwargs()          constructor arguments it adds to config.model.kwargs (e.g. extra
                           heads on the model); `init_from_may_lack()` names the model's
                           top-level parts a `model.init_from` checkpoint may lack (they
@@ -102,6 +104,11 @@ class Objective:
 
   def initialize(self, state: TrainState) -> None:
     """Called once on a fresh run after the model's starting weights are in place."""
+
+  def check_start(self, step: int) -> None:
+    """Raises ConfigError when a run continued from another (`train.continue_from`) cannot
+    start at `step` with this objective."""
+    del step
 
   def model_kwargs(self) -> dict[str, Any]:
     """Constructor arguments this objective adds to config.model.kwargs (e.g. extra heads)."""

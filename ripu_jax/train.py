@@ -42,7 +42,7 @@ from ripu_jax import sharding
 from ripu_jax import workdir as workdir_lib
 from ripu_jax.acquisition.acquirers import ACQUIRERS, RoundPool, RoundResult
 from ripu_jax.checkpoints import Checkpoints
-from ripu_jax.errors import MissingFileError, NonFiniteError
+from ripu_jax.errors import ConfigError, MissingFileError, NonFiniteError
 from ripu_jax.data import catalog
 from ripu_jax.data import pipeline
 from ripu_jax.ledger import LabelLedger
@@ -153,6 +153,10 @@ class Trainer:
       self.ledger.check_matches(shapes)
       self.step = int(progress["step"])
       tqdm.write(f"resuming from {self.checkpoints.directory} at step {self.step}")
+    elif config.train.get("continue_from"):
+      self.ledger, progress = self._continue_run(shapes)
+      self.step = int(progress["step"])
+      self.objective.initialize(self.state)
     else:
       label_radius, suppress_radius = self.acquirer.ledger_radii(tuple(shapes[0]))
       self.ledger = LabelLedger(shapes, label_radius=label_radius,
@@ -186,6 +190,38 @@ class Trainer:
     self._forward_named = nnx.jit(lambda model, images, names: model(images, outputs=names),
                                   static_argnames="names")
     self._accumulate = jax.jit(lambda sums, metrics: jax.tree.map(jnp.add, sums, metrics))
+
+  def _continue_run(self, shapes: np.ndarray) -> tuple[LabelLedger, dict]:
+    """Takes a finished run's state (model, optimizer, ledger, step, data position) to go
+    on from its last step; the objective's networks it lacks start fresh."""
+    config = self.config
+    directory = os.path.expanduser(config.train.continue_from)
+    checkpoints = os.path.join(directory, "checkpoints")
+    if not _has_steps(checkpoints):
+      raise MissingFileError(
+          f"train.continue_from={config.train.continue_from!r} holds no checkpoint "
+          f"({checkpoints}); give the workdir of a finished run")
+    source = Checkpoints(checkpoints, read_only=True)
+    try:
+      if not os.path.exists(os.path.join(directory, "final.json")):
+        ledger = source.restore_ledger()
+        raise MissingFileError(
+            f"train.continue_from={config.train.continue_from!r} is not a finished run: it "
+            f"stopped at step {source.latest_step()} with rounds {list(ledger.rounds_recorded)} "
+            f"recorded. Finish it first (rerun its command with --workdir={directory}), "
+            "then continue it")
+      ledger, progress, fresh = source.restore_continued(self.state)
+    finally:
+      source.close()
+    ledger.check_matches(shapes)
+    step = int(progress["step"])
+    if step >= config.num_steps:
+      raise ConfigError(f"invalid config: train.continue_from ends at step {step}, not before "
+                        f"num_steps={config.num_steps}; nothing is left to train")
+    self.objective.check_start(step)
+    tqdm.write(f"continuing {directory} from step {step}"
+               + (f"; new: {', '.join(fresh)}" if fresh else ""))
+    return ledger, {"step": step, "iterators": progress.get("iterators", {})}
 
   # ------------------------------------------------------------------ data
 

@@ -10,9 +10,9 @@ Rules: while the workdir holds no checkpoint, a rerun may use another config (it
 config.json: nothing computed depends on it yet). Once a checkpoint exists, a rerun with a
 different config is refused, naming the fields, unless each differing field is allowed
 explicitly (`--allow_config_change=num_steps,eval.every`); what changed is then recorded.
-`progress_bars`, `model.init_from` (used only by a fresh start) and `acquisition.impl` may
-always differ, and a field added to ripu_jax after the run was recorded does not count while
-it is at the default that keeps the earlier behaviour.
+`progress_bars`, `model.init_from` and `train.continue_from` (used only by a fresh start)
+and `acquisition.impl` may always differ, and a field added to ripu_jax after the run was
+recorded does not count while it is at the default that keeps the earlier behaviour.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
 # Fields that never change what a resumed run computes (acquisition.impl: the score code, same
 # scores to float32 rounding; its "auto" already differs from machine to machine).
-FREE_FIELDS = ("progress_bars", "model.init_from", "acquisition.impl")
+FREE_FIELDS = ("progress_bars", "model.init_from", "train.continue_from", "acquisition.impl")
 _MISSING = "<absent>"
 
 

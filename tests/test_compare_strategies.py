@@ -101,6 +101,24 @@ def test_configs_follow_the_protocol(tmp_path):
   assert compare.make_config(by_name["labor_spl"], 1, str(tmp_path), **kwargs).labor.spl_cap is None
   points = compare.make_config(by_name["labor_ppl_40"], 1, str(tmp_path), **kwargs)
   assert (points.active.kind, points.active.pixels) == ("labor_ppl", 40)
+  # ELN after RIPU: RIPU-RA 2.2% on a schedule half as long again, the stage after step 600;
+  # its baseline is the same run without the stage.
+  stage = compare.make_config(by_name["ripu_eln_2.2"], 1, str(tmp_path), **kwargs)
+  longer = compare.make_config(by_name["ripu_ra_2.2_long"], 1, str(tmp_path), **kwargs)
+  assert stage.num_steps == stage.optim.max_iter == longer.num_steps == longer.optim.max_iter == 900
+  assert (stage.train.objective, longer.train.objective) == ("ripu_eln", "ripu")
+  assert (stage.eln.aux_from, stage.eln.self_training_from) == (600, 675)
+  assert tuple(stage.active.round_steps) == tuple(longer.active.round_steps) == (
+      0, 60, 120, 180, 240)
+  assert stage.model.init_from == longer.model.init_from == ripu.model.init_from
+  # Semi-supervised: ELN's demo on source + adapt steps, with or without its stages.
+  semi = compare.make_config(by_name["eln_semi_1-8"], 1, str(tmp_path), **kwargs)
+  alone = compare.make_config(by_name["supervised_1-8"], 1, str(tmp_path), **kwargs)
+  assert semi.num_steps == alone.num_steps == 1200 and semi.seed == alone.seed == 1
+  assert (semi.eln.aux_from, semi.eln.self_training_from) == (480, 720)
+  assert alone.eln.aux_from == alone.eln.self_training_from == 1200
+  assert semi.active.kind == alone.active.kind == "split" and not semi.model.init_from
+  assert semi.active.labelled_fraction == 0.125
   strategies = {compare.make_config(s, 0, str(tmp_path), **kwargs).active.strategy
                 for s in compare.SETTINGS if "_ra_" in s.name}
   assert strategies == {"ripu", "random", "entropy", "confidence", "impurity", "uncertainty"}

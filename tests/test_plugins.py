@@ -46,14 +46,15 @@ def smoke_config(objective: str) -> ml_collections.ConfigDict:
   if objective == "labor":  # its own config group, as configs/labor/ set it
     labor.labor_config(config, "spl")
     config.active.kind = "ra"
-  if objective == "eln":  # semi-supervised: its own demo, stages 2 and 3 in the two steps
-    config = config_lib.load_config(os.path.join(ROOT, "configs", "eln", "demo_semi.py"),
-                                    "smoke")
+  if objective in ("eln", "ripu_eln"):  # ELN's demos; stages 2 (or 1) and 3 in two steps
+    demo = "demo_semi.py" if objective == "eln" else "demo_ripu_eln.py"
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "eln", demo), "smoke")
+    config.active.round_steps = (1,)
     config.num_steps = 2
     config.log_every = config.checkpoint_every = 1
     config.keep_checkpoints = 5
     config.progress_bars = False
-    config.eln.update(aux_from=0, self_training_from=1)
+    config.eln.update(aux_from=0 if objective == "eln" else 1, self_training_from=1)
   return config
 
 

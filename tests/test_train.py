@@ -53,7 +53,13 @@ def test_every_config_loads_and_validates(path):
     registry.import_plugins(config.plugins)
     config_lib.validate(config)
     assert "python -m ripu_jax.main --config configs/" + name + ".py" in open(path).read()
-  if name.startswith("eln/") and not os.path.basename(name).startswith("demo"):
+  if name.endswith("_ripu_eln") and not os.path.basename(name).startswith("demo"):
+    real = load_config(name)  # RIPU's release run to the end of its schedule, ELN from 40k
+    assert real.optim.base_lr == 2.5e-4 and real.optim.max_iter == real.num_steps == 62_500
+    assert real.train.objective == "ripu_eln" and real.active.ratio == 0.022
+    assert (real.eln.aux_from, real.eln.self_training_from) == (40_000, 46_000)
+    assert not real.eln.eln_ignore_as_error and real.eln.teacher_decay == 0.995
+  elif name.startswith("eln/") and not os.path.basename(name).startswith("demo"):
     real = load_config(name)  # ELN's semi-supervised release setting
     assert (real.optim.name, real.optim.schedule, real.optim.base_lr) == (
         "adamw", "constant", 1e-5)

@@ -34,8 +34,7 @@ def demo_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 4  # labelled and unlabelled images per step, each
   config.eln.epoch_steps = 100
   config.eln.contrastive_window = 16
-  config.eln.network.update(blocks=(1, 1, 1, 1), width_multiplier=0.25, channels=64,
-                            low_channels=16)
+  config.eln.network = eln_config.network_config()
   config.eval.every = 200
   config.eval.batch_size = 4
   return config

@@ -19,7 +19,19 @@ images are the same for every seed):
      pixels picked by an untrained selector (uncapped, 72% of the image; capped, A's most
      confident pixels). The interval before the first round is LabOR's warm-up, as the real-data
      schedule trains B for 10k steps before its first round.
-  Every setting sees the same number of steps; only what it may learn from on the target differs.
+  Every setting sees the same number of steps; only what it may learn from on the target differs,
+  except ELN's:
+  3. `ripu_eln_2.2` is RIPU-RA 2.2% whose schedule runs half as long again (adapt_steps x 1.5,
+     the poly schedule to its end), with ELN's stage after it (ripu_jax.methods.eln.adaptation:
+     auxiliary heads and the ELN from adapt_steps, self-training from a quarter of the extra
+     steps later); `ripu_ra_2.2_long` is its baseline, RIPU simply continued for those steps.
+     Both are RIPU-RA 2.2% with a longer schedule until adapt_steps, step for step the same.
+  4. `eln_semi_1-8` and `supervised_1-8` are the semi-supervised setting (configs/eln/
+     demo_semi.py): no source domain, no source-only model; 1/8 of the target training images
+     labelled, source_steps + adapt_steps steps of ELN's three stages (supervised to 40% of
+     them, + auxiliary decoders and ELN to 60%, then self-training), or of the supervised
+     stage alone. Their network (ELN's output-stride-16 DeepLab-v3+) is not the others', so
+     they compare with each other only.
 
 Every run lives in `workdir/seed<s>/<setting>/` (a normal trainer workdir). A finished run
 is never redone, an interrupted one resumes from its checkpoint: run the comparison again.
@@ -51,6 +63,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.py")  # the network and data of every run
+SEMI_CONFIG = os.path.join(ROOT, "configs", "eln", "demo_semi.py")  # ELN's semi-supervised runs
 
 RARE_CLASSES = ("pole", "traffic light", "traffic sign", "person", "bicycle")
 RESULT_FILE = "run.json"  # written by run_setting when a run has finished
@@ -68,8 +81,11 @@ class Setting:
   label: str  # strategy as the table and the plot name it (one plot line per label)
   budget: str  # the budget in words
   overrides: tuple  # ((config field, value), ...) applied to the adaptation config
-  method: str = ""  # "labor_spl" / "labor_ppl": LabOR's objective and acquirer (its config)
+  # "labor_spl" / "labor_ppl": LabOR's objective and acquirer (its config); "ripu_eln": the
+  # ELN stage after RIPU; "eln_semi" / "supervised_semi": the semi-supervised setting.
+  method: str = ""
   warmup_rounds: int = 0  # round intervals trained before the first round (LabOR's warm-up)
+  extended: bool = False  # adapt_steps x 1.5 (the ELN stage and its baseline)
 
 
 def _ra(strategy: str, ratio: float) -> tuple:
@@ -100,6 +116,13 @@ SETTINGS = (
             warmup_rounds=1),
     Setting("labor_ppl_40", "LabOR PPL", "40 pt at 1280x640", (("active.pixels", 40),),
             method="labor_ppl", warmup_rounds=1),
+    Setting("ripu_ra_2.2_long", "RIPU (RA), 1.5x steps", "2.2% (regions)",
+            _ra("ripu", 0.022), extended=True),
+    Setting("ripu_eln_2.2", "RIPU (RA) + ELN stage", "2.2% (regions)", _ra("ripu", 0.022),
+            method="ripu_eln", extended=True),
+    Setting("supervised_1-8", "supervised (semi-supervised net)", "1/8 of the images", (),
+            method="supervised_semi"),
+    Setting("eln_semi_1-8", "ELN self-training", "1/8 of the images", (), method="eln_semi"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -125,10 +148,32 @@ def run_dir(workdir: str, seed: int, setting: str) -> str:
   return os.path.join(os.path.abspath(workdir), f"seed{seed}", setting)
 
 
+def _semi_config(setting: Setting, seed: int, *, steps: int, smoke: bool, progress_bars: bool):
+  """ELN's semi-supervised demo on `steps` steps: its stages at 40% / 60%, or none."""
+  from ripu_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from ripu_jax import registry  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(SEMI_CONFIG, "smoke" if smoke else None)
+  config.seed = seed
+  config.progress_bars = progress_bars
+  config.num_steps = steps
+  config.checkpoint_every = max(1, steps // 4)
+  config.eval.every = steps
+  if setting.method == "eln_semi":
+    config.eln.update(aux_from=int(0.4 * steps), self_training_from=int(0.6 * steps))
+  else:  # the supervised stage alone
+    config.eln.update(aux_from=steps, self_training_from=steps)
+  registry.import_plugins(config.plugins)
+  config_lib.validate(config)
+  return config
+
+
 def make_config(setting: Setting, seed: int, workdir: str, *, source_steps: int,
                 adapt_steps: int, smoke: bool = False, progress_bars: bool = False):
   """The trainer config of one run (see the module docstring for the protocol)."""
   from ripu_jax import config_lib  # pylint: disable=g-import-not-at-top
+  if setting.method.endswith("_semi"):
+    return _semi_config(setting, seed, steps=source_steps + adapt_steps, smoke=smoke,
+                        progress_bars=progress_bars)
   config = config_lib.load_config(DEMO_CONFIG, "smoke" if smoke else None)
   config.seed = seed
   config.progress_bars = progress_bars
@@ -139,16 +184,22 @@ def make_config(setting: Setting, seed: int, workdir: str, *, source_steps: int,
     steps = source_steps
   else:
     config.model.init_from = run_dir(workdir, seed, SOURCE_ONLY)
-    steps = adapt_steps
+    steps = adapt_steps + (adapt_steps // 2 if setting.extended else 0)
     every = max(1, adapt_steps // 10)
     config.active.round_steps = tuple(every * (setting.warmup_rounds + r) for r in range(ROUNDS))
   config.num_steps = config.optim.max_iter = steps
   config.checkpoint_every = max(1, steps // 4)
   config.eval.every = steps
-  if setting.method:
-    from ripu_jax import registry  # pylint: disable=g-import-not-at-top
+  if setting.method.startswith("labor_"):
     from ripu_jax.methods.labor.config import labor_config  # pylint: disable=g-import-not-at-top
     labor_config(config, setting.method.split("_", 1)[1])
+  if setting.method == "ripu_eln":
+    from ripu_jax.methods.eln import config as eln_config  # pylint: disable=g-import-not-at-top
+    eln_config.after_ripu_config(config, num_steps=steps, aux_from=adapt_steps,
+                                 self_training_from=adapt_steps + (steps - adapt_steps) // 4)
+    config.eln.network = eln_config.network_config(smoke)
+  if setting.method:
+    from ripu_jax import registry  # pylint: disable=g-import-not-at-top
     registry.import_plugins(config.plugins)
   for field, value in setting.overrides:
     group, name = field.split(".")

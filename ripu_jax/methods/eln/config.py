@@ -57,15 +57,44 @@ def semi_supervised_config(config: ml_collections.ConfigDict, *, fraction: float
   return config
 
 
+def after_ripu_config(config: ml_collections.ConfigDict, *, num_steps: int, aux_from: int,
+                      self_training_from: int) -> ml_collections.ConfigDict:
+  """Turns a RIPU config into one whose run continues with an ELN stage ("ripu_eln"): the
+  project's design (spec: "ELN inside active domain adaptation"): RIPU's schedule runs on to
+  `num_steps` (the release's max_iter), ELN's stages at `aux_from` / `self_training_from`;
+  the ELN learns from the actively labelled pixels only (255 excluded), no contrastive loss,
+  no student reset, the pseudo-label CE on the strong view only."""
+  config.plugins = tuple(config.plugins) + (PLUGIN,)
+  config.train.objective = "ripu_eln"
+  config.num_steps = num_steps
+  config.eln = eln_group(aux_from=aux_from, self_training_from=self_training_from)
+  config.eln.update(eln_ignore_as_error=False, contrastive=False,
+                    reset_student_each_epoch=False, pseudo_on_weak=False)
+  return config
+
+
+def network_config(smoke: bool = False) -> ml_collections.ConfigDict:
+  """`eln.network` of the synthetic benchmark's runs: a ResNet-34 layout with one block per
+  stage at 1/4 width (1/8 and narrower decoders for smoke runs)."""
+  if smoke:
+    return ml_collections.ConfigDict(dict(depth=34, blocks=(1, 1, 1, 1),
+                                          width_multiplier=0.125, channels=16, low_channels=8))
+  return ml_collections.ConfigDict(dict(depth=34, blocks=(1, 1, 1, 1), width_multiplier=0.25,
+                                        channels=64, low_channels=16))
+
+
 def shrink_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """After `config_lib.smoke`: tiny ELN networks and every stage within its 6 steps."""
-  config.model.kwargs.update(channels=16, low_channels=8, projection_channels=8)
-  config.eln.network = ml_collections.ConfigDict(dict(
-      depth=34, blocks=(1, 1, 1, 1), width_multiplier=0.125, channels=16, low_channels=8))
+  if config.model.name == "eln_deeplabv3plus":
+    config.model.kwargs.update(channels=16, low_channels=8, projection_channels=8)
+  config.eln.network = network_config(smoke=True)
   config.eln.update(aux_from=2, self_training_from=4, epoch_steps=1, contrastive_window=8,
                     pretrained="")
-  config.active.labelled_fraction = 0.5
-  config.active.labelled_list = ""
+  if config.active.kind == "split":
+    config.active.labelled_fraction = 0.5
+    config.active.labelled_list = ""
+  else:  # the rounds come before the stages
+    config.active.round_steps = (1,)
   return config
 
 

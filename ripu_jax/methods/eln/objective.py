@@ -61,12 +61,6 @@ def eln_optimizer_config(eln: ml_collections.ConfigDict) -> ml_collections.Confi
   return optim_config
 
 
-def _eval_view(module: nnx.Module) -> nnx.Module:
-  """The module without dropout and with running batch-norm statistics (shares arrays)."""
-  return nnx.with_attributes(module, deterministic=True, use_running_average=True,
-                             raise_if_not_found=False)
-
-
 def _blend(destination: nnx.Module, source: nnx.Module, weight: jax.Array,
            kinds) -> None:
   """destination = (1 - weight) * destination + weight * source over variables of `kinds`
@@ -77,6 +71,27 @@ def _blend(destination: nnx.Module, source: nnx.Module, weight: jax.Array,
 
 def _at(logits: jax.Array, size) -> jax.Array:
   return upsample_logits(logits, size)
+
+
+def start_teacher(state: TrainState, is_start: jax.Array) -> None:
+  """teacher <- student (backbone and head) where `is_start`: self-training begins."""
+  for part in ("backbone", "head"):
+    _blend(getattr(state.teacher, part), getattr(state.model, part),
+           is_start.astype(jnp.float32), (nnx.Param, nnx.BatchStat))
+
+
+def ema_teacher(state: TrainState, eln: ml_collections.ConfigDict) -> None:
+  """teacher = d * teacher + (1 - d) * student after the student's update."""
+  kinds = (nnx.Param, nnx.BatchStat) if eln.ema_batch_stats else nnx.Param
+  weight = jnp.float32(1.0 - eln.teacher_decay)
+  for part in ("backbone", "head"):
+    _blend(getattr(state.teacher, part), getattr(state.model, part), weight, kinds)
+
+
+def eval_view(module: nnx.Module) -> nnx.Module:
+  """The module without dropout and with running batch-norm statistics (shares arrays)."""
+  return nnx.with_attributes(module, deterministic=True, use_running_average=True,
+                             raise_if_not_found=False)
 
 
 @OBJECTIVES.register("eln")
@@ -149,6 +164,13 @@ class ElnObjective(Objective):
                       eln=network,
                       eln_optimizer=optimizer_for(network, eln_optimizer_config(eln)))
 
+  def check_start(self, step: int) -> None:
+    if step > self.config.eln.self_training_from:
+      raise ConfigError(
+          f"invalid config: the continued run ends at step {step}, after "
+          f"eln.self_training_from={self.config.eln.self_training_from}: the teacher starts "
+          "there; continue an earlier run or move the stages later")
+
   def stage(self, step: int) -> int:
     eln = self.config.eln
     return 1 if step < eln.aux_from else 2 if step < eln.self_training_from else 3
@@ -192,10 +214,7 @@ class ElnObjective(Objective):
 
     pseudo = None
     if stage == 3:
-      start = step == eln.self_training_from
-      for part in ("backbone", "head"):
-        _blend(getattr(state.teacher, part), getattr(state.model, part),
-               start.astype(jnp.float32), (nnx.Param, nnx.BatchStat))
+      start_teacher(state, step == eln.self_training_from)
       if eln.reset_student_each_epoch:
         since = step - eln.self_training_from
         reset = ((since > 0) & (since % eln.epoch_steps == 0)).astype(jnp.float32)
@@ -203,11 +222,11 @@ class ElnObjective(Objective):
           _blend(getattr(state.model, part), getattr(state.teacher, part), reset,
                  (nnx.Param, nnx.BatchStat))
       weak = batch["unlabelled_images"]
-      teacher = _eval_view(state.teacher)
+      teacher = eval_view(state.teacher)
       names = ("logits", PROJECTION) if eln.contrastive else ("logits",)
       teacher_outputs = teacher(weak, outputs=names)
       teacher_logits = teacher_outputs["logits"]
-      keep = losses.keep_mask(_eval_view(state.eln)(weak, teacher_logits), eln.keep_threshold)
+      keep = losses.keep_mask(eval_view(state.eln)(weak, teacher_logits), eln.keep_threshold)
       pseudo = losses.pseudo_labels(teacher_logits, keep)
       metrics["kept_fraction"] = jnp.mean(keep.astype(jnp.float32))
 
@@ -269,10 +288,7 @@ class ElnObjective(Objective):
     metrics.update(terms)
     metrics["grad_norm"] = optax.tree.norm(grads)
     if stage == 3:
-      kinds = (nnx.Param, nnx.BatchStat) if eln.ema_batch_stats else nnx.Param
-      weight = jnp.float32(1.0 - eln.teacher_decay)
-      for part in ("backbone", "head"):
-        _blend(getattr(state.teacher, part), getattr(state.model, part), weight, kinds)
+      ema_teacher(state, eln)
     return {key: jnp.asarray(value, jnp.float32) for key, value in metrics.items()}
 
   def make_step(self):
