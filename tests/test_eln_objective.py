@@ -178,8 +178,14 @@ def test_split_from_a_list_file_and_from_a_seeded_fraction(tmp_path):
   trainer = train.Trainer(config, str(tmp_path / "listed"))
   try:
     assert [i for i in range(4) if trainer.ledger.rounds_of(i)] == [1, 3]
-    batch = trainer._next_batch()
-    assert set(np.asarray(batch["labelled_index"] if "labelled_index" in batch else [1, 3])) <= {1, 3}
+    # The two streams: the labelled images with their labels, the others without.
+    for _ in range(2):
+      labelled = next(trainer.iterators["labelled"])
+      unlabelled = next(trainer.iterators["unlabelled"])
+      assert set(labelled["index"].tolist()) <= {1, 3}
+      assert set(unlabelled["index"].tolist()) <= {0, 2}
+      assert (labelled["label"] != 255).any() and (unlabelled["label"] == 255).all()
+      assert unlabelled["strong_image"].shape == unlabelled["image"].shape
   finally:
     trainer.close()
   exported = tmp_path / "listed" / "rounds" / "0" / "picks.json"

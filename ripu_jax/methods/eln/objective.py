@@ -177,23 +177,6 @@ class ElnObjective(Objective):
 
   # ------------------------------------------------------------------ the step
 
-  def _supervised(self, model, images, labels, *, with_aux: bool):
-    """(L_sup, L_aux, gates, predictions for the ELN: aux..., main) on the labelled batch."""
-    eln = self.config.eln
-    names = ("logits",) + tuple(f"aux/{k}" for k in range(len(eln.aux_alphas)))
-    outputs = model(images, outputs=names if with_aux else ("logits",))
-    size = labels.shape[1:3]
-    main = _at(outputs["logits"], size)
-    sup = ripu_losses.cross_entropy(main, labels)
-    if not with_aux:
-      return sup, jnp.float32(0.0), [main]
-    aux_logits = [_at(outputs[name], size) for name in names[1:]]
-    per_image = eln.aux_gate == "image"
-    reference = losses.per_image_cross_entropy(main, labels) if per_image else sup
-    aux, _ = losses.gated_aux_loss(aux_logits, labels, reference, tuple(eln.aux_alphas),
-                                   per_image=per_image)
-    return sup, aux, [*aux_logits, main]
-
   def _eln_loss(self, network, images, labels, predictions):
     """L_ELN of the ELN on each prediction of the labelled batch (one batched pass)."""
     eln = self.config.eln
@@ -231,48 +214,43 @@ class ElnObjective(Objective):
       metrics["kept_fraction"] = jnp.mean(keep.astype(jnp.float32))
 
     def loss_fn(model, network):
-      if stage < 3:
-        sup, aux, predictions = self._supervised(model, images, labels, with_aux=stage == 2)
-        terms = {"sup": sup, "aux": aux}
-      else:
-        # One student pass over labelled, weak and strong images.
-        split = images.shape[0]
-        features = model.backbone(jnp.concatenate(
-            [images, batch["unlabelled_images"], batch["unlabelled_strong_image"]], axis=0))
-        names = ("logits", PROJECTION) if eln.contrastive else ("logits",)
-        outputs = model.outputs_from_features(features, names)
-        labelled_features = jax.tree.map(lambda f: f[:split], features)
+      # One student pass over the labelled images, in stage 3 with the weak and strong views.
+      split, size = images.shape[0], labels.shape[1:3]
+      views = [images]
+      if stage == 3:
+        views += [batch["unlabelled_images"], batch["unlabelled_strong_image"]]
+      features = model.backbone(jnp.concatenate(views, axis=0) if len(views) > 1 else images)
+      contrastive = stage == 3 and eln.contrastive
+      outputs = model.outputs_from_features(
+          features, ("logits", PROJECTION) if contrastive else ("logits",))
+      main = _at(outputs["logits"][:split], size)
+      terms = {"sup": ripu_losses.cross_entropy(main, labels)}
+      if stage >= 2:
+        labelled = jax.tree.map(lambda f: f[:split], features)
         aux_names = tuple(f"aux/{k}" for k in range(len(eln.aux_alphas)))
-        aux_outputs = model.outputs_from_features(labelled_features, aux_names)
-        size = labels.shape[1:3]
-        main = _at(outputs["logits"][:split], size)
-        sup = ripu_losses.cross_entropy(main, labels)
+        aux_outputs = model.outputs_from_features(labelled, aux_names)
         aux_logits = [_at(aux_outputs[name], size) for name in aux_names]
         per_image = eln.aux_gate == "image"
-        reference = losses.per_image_cross_entropy(main, labels) if per_image else sup
-        aux, _ = losses.gated_aux_loss(aux_logits, labels, reference, tuple(eln.aux_alphas),
-                                       per_image=per_image)
-        predictions = [*aux_logits, main]
+        reference = (losses.per_image_cross_entropy(main, labels) if per_image
+                     else terms["sup"])
+        terms["aux"], _ = losses.gated_aux_loss(aux_logits, labels, reference,
+                                                tuple(eln.aux_alphas), per_image=per_image)
+        terms["eln"] = self._eln_loss(network, images, labels, [*aux_logits, main])
+      if stage == 3:
         weak_logits, strong_logits = jnp.split(outputs["logits"][split:], 2, axis=0)
-        pseudo_ce = ripu_losses.cross_entropy(strong_logits, pseudo)
+        terms["pseudo"] = ripu_losses.cross_entropy(strong_logits, pseudo)
         if eln.pseudo_on_weak:
-          pseudo_ce = pseudo_ce + ripu_losses.cross_entropy(weak_logits, pseudo)
-        terms = {"sup": sup, "aux": aux, "pseudo": pseudo_ce}
-        if eln.contrastive:
-          weak_projection, strong_projection = jnp.split(outputs[PROJECTION][split:], 2, axis=0)
-          key = jax.random.fold_in(jax.random.key(self.config.seed), step)
-          height, width = pseudo.shape[1:3]
-          corners = losses.random_window_corners(key, eln.contrastive_windows, height, width,
-                                                 eln.contrastive_window)
-          contrast = sum(
-              losses.window_contrastive_loss(
-                  projection, teacher_outputs[PROJECTION], pseudo, corners,
-                  window=eln.contrastive_window, temperature=eln.contrastive_temperature,
-                  num_classes=teacher_logits.shape[-1])
-              for projection in (weak_projection, strong_projection))
-          terms["contrastive"] = contrast
-      if stage >= 2:
-        terms["eln"] = self._eln_loss(network, images, labels, predictions)
+          terms["pseudo"] += ripu_losses.cross_entropy(weak_logits, pseudo)
+      if contrastive:
+        key = jax.random.fold_in(jax.random.key(self.config.seed), step)
+        corners = losses.random_window_corners(key, eln.contrastive_windows, *pseudo.shape[1:3],
+                                               eln.contrastive_window)
+        terms["contrastive"] = sum(
+            losses.window_contrastive_loss(
+                projection, teacher_outputs[PROJECTION], pseudo, corners,
+                window=eln.contrastive_window, temperature=eln.contrastive_temperature,
+                num_classes=teacher_logits.shape[-1])
+            for projection in jnp.split(outputs[PROJECTION][split:], 2, axis=0))
       total = sum(terms.values())
       return total, {**terms, "total": total}
 
