@@ -28,8 +28,24 @@ def _check_shapes(logits: jax.Array, labels: jax.Array | None = None) -> None:
     raise ValueError(f"labels must be integers, got {labels.dtype}")
 
 
-def _safe_mean(total: jax.Array, count: jax.Array) -> jax.Array:
+def safe_mean(total: jax.Array, count: jax.Array) -> jax.Array:
   return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
+
+
+def label_log_likelihood(
+    logits: jax.Array, labels: jax.Array,
+    ignore_index: int = IGNORE_INDEX) -> tuple[jax.Array, jax.Array]:
+  """(log softmax probability of each pixel's label, 0 where invalid; valid) [B, H, W].
+
+  Labels equal to `ignore_index`, or outside [0, num_classes), are invalid.
+  """
+  _check_shapes(logits, labels)
+  num_classes = logits.shape[-1]
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+  one_hot = jax.nn.one_hot(jnp.where(valid, labels, 0), num_classes, dtype=jnp.float32)
+  picked = jnp.sum(log_probs * one_hot, axis=-1)
+  return jnp.where(valid, picked, 0.0), valid
 
 
 def cross_entropy(
@@ -38,13 +54,8 @@ def cross_entropy(
 
   Labels equal to `ignore_index`, or outside [0, num_classes), count as ignored.
   """
-  _check_shapes(logits, labels)
-  num_classes = logits.shape[-1]
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
-  one_hot = jax.nn.one_hot(jnp.where(valid, labels, 0), num_classes, dtype=jnp.float32)
-  picked = jnp.sum(log_probs * one_hot, axis=-1)
-  return _safe_mean(-jnp.sum(jnp.where(valid, picked, 0.0)), jnp.sum(valid))
+  picked, valid = label_log_likelihood(logits, labels, ignore_index)
+  return safe_mean(-jnp.sum(picked), jnp.sum(valid))
 
 
 def _box3x3_mean_replicate(x: jax.Array) -> jax.Array:
@@ -76,7 +87,7 @@ def local_consistency(
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   distance = jnp.sum(jnp.abs(probs - _box3x3_mean_replicate(probs)), axis=-1)
   edges = label_edges(labels, ignore_index)
-  return _safe_mean(jnp.sum(jnp.where(edges, distance, 0.0)), jnp.sum(edges))
+  return safe_mean(jnp.sum(jnp.where(edges, distance, 0.0)), jnp.sum(edges))
 
 
 def negative_learning(logits: jax.Array, threshold: float = 0.05) -> jax.Array:
@@ -89,7 +100,7 @@ def negative_learning(logits: jax.Array, threshold: float = 0.05) -> jax.Array:
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   mask = jax.lax.stop_gradient(probs < threshold)
   total = -jnp.sum(jnp.where(mask, jnp.log(1.0 - probs + 1e-6), 0.0))
-  return _safe_mean(total, jnp.sum(mask))
+  return safe_mean(total, jnp.sum(mask))
 
 
 def ripu_objective(

@@ -73,8 +73,8 @@ def test_synthia_runs_train_in_sixteen_classes():
 
 def test_roles_and_names_for_config_validation():
   assert catalog.source_names() == ["gtav", "synthetic", "synthia"]
-  assert catalog.target_names() == ["cityscapes", "synthetic"]
-  assert catalog.names() == ["cityscapes", "gtav", "synthetic", "synthia"]
+  assert catalog.target_names() == ["cityscapes", "synthetic", "voc_aug"]
+  assert catalog.names() == ["cityscapes", "gtav", "synthetic", "synthia", "voc_aug"]
   assert catalog.get("gtav").split_for("source") == "train"
   assert dict(catalog.get("cityscapes").roles) == {"target_train": "train", "target_val": "val"}
   assert dict(catalog.get("synthetic").roles) == {
@@ -161,7 +161,7 @@ def test_temporary_user_dataset_opened_through_the_catalogue():
                                                        "target_val": "val"},
       label_space="cityscapes19", opener=opener, features={"depth": "depth", "K": "intrinsics"})
   with catalog.DATASETS.temporary("toy_rgbd", spec):
-    assert catalog.target_names() == ["cityscapes", "synthetic", "toy_rgbd"]
+    assert catalog.target_names() == ["cityscapes", "synthetic", "toy_rgbd", "voc_aug"]
     assert "toy_rgbd" not in catalog.source_names()
     splits = catalog.open_run_splits("synthetic", "toy_rgbd", data_dir="/data",
                                      options={"toy_rgbd": {"size": (6, 8)},

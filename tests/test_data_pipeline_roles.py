@@ -7,6 +7,7 @@ from ripu_jax.data import catalog
 from ripu_jax.data import labels
 from ripu_jax.data import pipeline
 from ripu_jax.data import synthetic
+from data_fakes import RandomMasks
 
 SMALL = synthetic.SyntheticConfig(height=32, width=48, num_source_train=12, num_target_train=6,
                                   num_target_val=5)
@@ -17,19 +18,6 @@ K = np.array([[20.0, 0.0, 5.0], [0.0, 16.0, 3.0], [0.0, 0.0, 1.0]])
 def _take(loader, count):
   iterator = iter(loader)
   return [next(iterator) for _ in range(count)]
-
-
-class _Masks:
-
-  def __init__(self, count, shape, seed=0):
-    rng = np.random.default_rng(seed)
-    self.masks = [rng.random(shape) < 0.3 for _ in range(count)]
-
-  def __len__(self):
-    return len(self.masks)
-
-  def __getitem__(self, index):
-    return self.masks[index]
 
 
 class RgbdSplit:
@@ -88,7 +76,7 @@ def test_label_map_in_the_loaders_equals_the_old_trainer_lookup():
   source = synthetic.SyntheticSplit(SMALL, synthetic.SOURCE_TRAIN)
   target = synthetic.SyntheticSplit(SMALL, synthetic.TARGET_TRAIN)
   val = synthetic.SyntheticSplit(SMALL, synthetic.TARGET_VAL)
-  masks = _Masks(len(target), (SMALL.height, SMALL.width))
+  masks = RandomMasks(len(target), (SMALL.height, SMALL.width))
   pairs = [
       (lambda m: pipeline.source_train_loader(source, batch_size=2, image_size=(16, 24), seed=3,
                                               label_map=m), 3),
@@ -112,7 +100,7 @@ def test_label_map_is_applied_before_masks_and_reaches_sixteen_classes():
   label[0, 0] = 255
   split = _ListSplit([{"image": np.zeros((4, 6, 3), np.uint8), "label": label, "name": "a"}])
   table = catalog.label_map("cityscapes", "synthia16")
-  masks = _Masks(1, (4, 6), seed=2)
+  masks = RandomMasks(1, (4, 6), seed=2)
   batch = next(iter(pipeline.target_train_loader(split, masks, batch_size=1, image_size=(4, 6),
                                                  flip=False, label_map=table)))
   expected = np.where(masks[0], table[label], 255)
@@ -241,7 +229,7 @@ def test_eval_and_selection_keep_features_on_the_full_label_grid():
 
 def test_target_loader_carries_features_and_features_can_be_chosen():
   split = RgbdSplit(count=4)
-  masks = _Masks(4, (HEIGHT, WIDTH))
+  masks = RandomMasks(4, (HEIGHT, WIDTH))
   batch = next(iter(pipeline.target_train_loader(split, masks, batch_size=2, image_size=(8, 12),
                                                  seed=5)))
   for row in range(2):

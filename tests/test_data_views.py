@@ -11,6 +11,7 @@ import pytest
 from ripu_jax import data
 from ripu_jax.data import pipeline
 from ripu_jax.data import synthetic
+from data_fakes import RandomMasks
 
 SMALL = synthetic.SyntheticConfig(height=32, width=48, num_source_train=12, num_target_train=10,
                                   num_target_val=4)
@@ -29,20 +30,6 @@ def _assert_batches_equal(first, second, keys=None):
     assert a.keys() == b.keys()
     for key in keys or a:
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
-class _Masks:
-  """A read-only stand-in for the trainer's label ledger."""
-
-  def __init__(self, count, shape, seed=0):
-    rng = np.random.default_rng(seed)
-    self.masks = [rng.random(shape) < 0.3 for _ in range(count)]
-
-  def __len__(self):
-    return len(self.masks)
-
-  def __getitem__(self, index):
-    return self.masks[index]
 
 
 class GridSplit:
@@ -78,7 +65,7 @@ class GridSplit:
 
 def test_no_indices_keeps_todays_sampling_and_all_indices_agree():
   split = data.SyntheticSplit(SMALL, synthetic.TARGET_TRAIN)
-  masks = _Masks(len(split), (SMALL.height, SMALL.width))
+  masks = RandomMasks(len(split), (SMALL.height, SMALL.width))
 
   def loader(**kwargs):
     return pipeline.target_train_loader(split, masks, batch_size=2, image_size=(16, 24), seed=4,
@@ -95,7 +82,7 @@ def test_no_indices_keeps_todays_sampling_and_all_indices_agree():
 
 def test_subset_samples_only_its_images_with_their_split_index():
   split = data.SyntheticSplit(SMALL, synthetic.TARGET_TRAIN)
-  masks = _Masks(len(split), (SMALL.height, SMALL.width), seed=3)
+  masks = RandomMasks(len(split), (SMALL.height, SMALL.width), seed=3)
   subset = [7, 2, 5]
 
   def loader(indices, seed=0):
@@ -120,7 +107,7 @@ def test_subset_samples_only_its_images_with_their_split_index():
 
 def test_bad_indices_are_explained():
   split = data.SyntheticSplit(SMALL, synthetic.TARGET_TRAIN)  # 10 images.
-  masks = _Masks(len(split), (SMALL.height, SMALL.width))
+  masks = RandomMasks(len(split), (SMALL.height, SMALL.width))
 
   def build(indices):
     return pipeline.target_train_loader(split, masks, batch_size=1, image_size=(16, 24),
@@ -138,7 +125,7 @@ def test_bad_indices_are_explained():
 
 def test_subset_resume_is_exact_and_needs_the_same_subset():
   split = data.SyntheticSplit(SMALL, synthetic.TARGET_TRAIN)
-  masks = _Masks(len(split), (SMALL.height, SMALL.width))
+  masks = RandomMasks(len(split), (SMALL.height, SMALL.width))
 
   def loader(indices):
     return pipeline.target_train_loader(split, masks, batch_size=2, image_size=(16, 24), seed=2,
@@ -185,7 +172,7 @@ def _check_window(batch, row, crop):
 def test_crop_cuts_one_window_of_image_label_and_features():
   split = GridSplit(count=6)
   crop = (5, 7)
-  masks = _Masks(6, (HEIGHT, WIDTH))
+  masks = RandomMasks(6, (HEIGHT, WIDTH))
   masks.masks = [np.ones((HEIGHT, WIDTH), bool)] * 6
   loaders = [
       pipeline.source_train_loader(split, batch_size=3, image_size=(HEIGHT, WIDTH),
@@ -225,7 +212,7 @@ def test_crop_after_resize_and_full_size_crop():
 
 def test_bad_crops_are_explained():
   split = GridSplit(count=2)
-  masks = _Masks(2, (HEIGHT, WIDTH))
+  masks = RandomMasks(2, (HEIGHT, WIDTH))
   with pytest.raises(ValueError, match=r"crop_size \(9, 4\) is larger than image_size \(8, 12\)"):
     pipeline.source_train_loader(split, batch_size=1, image_size=(HEIGHT, WIDTH),
                                  crop_size=(9, 4))
@@ -341,7 +328,7 @@ class _EdgeSplit:
 
 def test_strong_view_has_the_weak_geometry_and_leaves_the_weak_view_alone():
   split = _EdgeSplit()
-  masks = _Masks(4, (HEIGHT, WIDTH))
+  masks = RandomMasks(4, (HEIGHT, WIDTH))
 
   def loader(strong_view):
     return pipeline.target_train_loader(split, masks, batch_size=2, image_size=(HEIGHT, WIDTH),
@@ -372,7 +359,7 @@ def test_source_strong_view_is_normalised_like_the_image():
 
 def test_resume_with_subset_crop_and_strong_view_is_exact():
   split = data.SyntheticSplit(SMALL, synthetic.TARGET_TRAIN)
-  masks = _Masks(len(split), (SMALL.height, SMALL.width))
+  masks = RandomMasks(len(split), (SMALL.height, SMALL.width))
 
   def loader(worker_count=0):
     return pipeline.target_train_loader(split, masks, batch_size=2, image_size=(32, 48),

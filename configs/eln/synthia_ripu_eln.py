@@ -13,16 +13,8 @@ run's step 40k (its model, optimizer, ledger and data position). Compare the mIo
 with RIPU continued to 62.5k (configs/synthia.py with --config.num_steps=62500).
 """
 
-from ripu_jax import config_lib
 from ripu_jax.methods.eln import config as eln_config
 
 
-def synthia_ripu_eln_config():
-  config = eln_config.after_ripu_config(config_lib.real_config("synthia"), num_steps=62_500,
-                                        aux_from=40_000, self_training_from=46_000)
-  config.eln.pretrained = "weights/resnet34.npz"
-  return config
-
-
 def get_config(arg=None):
-  return eln_config.get_config_with_arg(synthia_ripu_eln_config, arg)
+  return eln_config.get_config_with_arg(lambda: eln_config.after_ripu_real_config("synthia"), arg)

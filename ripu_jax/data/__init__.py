@@ -5,7 +5,7 @@
   run's splits, `run_label_space` and `label_map` give the run's classes and each dataset's
   table into them.
 * `open_split(name, split, data_dir)`: random access to a prepared dataset (gtav, synthia,
-  cityscapes, synthetic); prepare one with `python -m ripu_jax.data.prepare` (or
+  cityscapes, voc_aug, synthetic); prepare one with `python -m ripu_jax.data.prepare` (or
   `ripu_jax.data.prepare.prepare(...)`).
 * `SyntheticSplit` / `generate_example`: the synthetic benchmark straight from its generator.
 * `ripu_jax.data.pipeline`: grain loaders for source training, target training with active

@@ -1,11 +1,11 @@
-"""TFDS builders for GTAV, SYNTHIA, Cityscapes and the synthetic benchmark.
+"""TFDS builders for GTAV, SYNTHIA, Cityscapes, VOC aug and the synthetic benchmark.
 
-All four store the same features: "image" (RGB PNG at original resolution), "label" (train ids,
-255 = ignore, PNG) and "name" (the original image file name), written as ArrayRecord for random
-access. Records keep the sorted order of the source files (shuffling belongs to the input
-pipeline), which lets the per-split metadata (`metadata.json`) index images by position: for
-each image a bit mask of the classes it contains and the label size, plus per-class pixel
-totals. The metadata is computed from the decoded labels themselves.
+All store the same features: "image" (RGB PNG at original resolution), "label" (ids of the
+dataset's stored label space, 255 = ignore, PNG) and "name" (the original image file name;
+VOC aug: the VOC id), written as ArrayRecord for random access. Records keep the sorted order
+of the source files (shuffling belongs to the input pipeline), which lets the per-split
+metadata (`metadata.json`) index images by position: for each image a bit mask of the classes
+it contains and the label size, plus per-class pixel totals. The metadata is computed from the decoded labels themselves.
 
 TFDS writes into a temporary folder and renames it only after every split was written, so an
 interrupted or failed preparation never leaves a readable dataset behind.
@@ -51,17 +51,20 @@ def _features() -> tfds.features.FeaturesDict:
 
 
 class _SplitStatistics:
-  """Accumulates the per-image class index and label sizes of one split."""
+  """Accumulates the per-image class index and label sizes of one split, over the classes of
+  the stored label space (Cityscapes' 19 unless told otherwise)."""
 
-  def __init__(self):
+  def __init__(self, space: labels_lib.LabelSpace = labels_lib.CITYSCAPES_19):
+    self.space = space
     self.presence_bits: list[int] = []
     self.label_shapes: list[list[int]] = []
-    self.pixel_counts = np.zeros(labels_lib.NUM_CLASSES, np.int64)
-    self._weights = 1 << np.arange(labels_lib.NUM_CLASSES, dtype=np.int64)
+    self.pixel_counts = np.zeros(space.num_classes, np.int64)
+    self._weights = 1 << np.arange(space.num_classes, dtype=np.int64)
 
   def add(self, train_ids: np.ndarray) -> np.ndarray:
-    """Records one label; returns its [NUM_CLASSES] pixel counts."""
-    counts = labels_lib.pixel_counts(train_ids)
+    """Records one label; returns its [num_classes] pixel counts."""
+    counts = np.bincount(np.asarray(train_ids, np.uint8).ravel(),
+                         minlength=256)[:self.space.num_classes].astype(np.int64)
     self.pixel_counts += counts
     self.presence_bits.append(int(np.sum(self._weights[counts > 0])))
     self.label_shapes.append([int(train_ids.shape[0]), int(train_ids.shape[1])])
@@ -73,7 +76,7 @@ class _SplitStatistics:
         "class_presence": self.presence_bits,
         "label_shapes": self.label_shapes,
         "pixel_counts": self.pixel_counts.tolist(),
-        "class_names": list(labels_lib.CLASS_NAMES),
+        "class_names": list(self.space.class_names),
     }
 
 
@@ -124,12 +127,15 @@ class _ManualSegmentationBuilder(_LocalCode, tfds.core.GeneratorBasedBuilder,
     splits = spec.finder(tree)
     # (split, label file) of every label without a valid class id, over all splits.
     self.labels_without_classes: list[tuple[str, str]] = []
-    return {split: self._generate_examples(tree, pairs, split, spec.label_loader)
+    space = catalog.label_space(spec.stored_space)
+    return {split: self._generate_examples(tree, pairs, split, spec.label_loader, space)
             for split, pairs in splits.items()}
 
   def _generate_examples(self, tree: manual.FileTree, pairs: list[manual.Pair], split: str,
-                         label_loader):
-    stats = _SplitStatistics()
+                         label_loader, space: labels_lib.LabelSpace):
+    stats = _SplitStatistics(space)
+    # Files inside compressed tars are read in one pass first (they cannot be read out of order).
+    tree.prefetch([entry for pair in pairs for entry in (pair.image, pair.label)])
     mismatched = []
     without_classes = 0
     for index, pair in enumerate(_progress(pairs, len(pairs), f"{self.name} {split}")):
@@ -188,6 +194,17 @@ class Cityscapes(_ManualSegmentationBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = manual.CITYSCAPES_HELP
   HOMEPAGE = "https://www.cityscapes-dataset.com/"
   DESCRIPTION = "Cityscapes gtFine with the official 19 train ids."
+  ALLOW_SIZE_MISMATCH = False
+
+
+class VocAug(_ManualSegmentationBuilder):
+  """PASCAL VOC 2012 with SBD labels: train 10,582 / val 1,449, 21 VOC class ids."""
+
+  name = "voc_aug"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = manual.VOC_AUG_HELP
+  HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
+  DESCRIPTION = ("PASCAL VOC 2012 segmentation with the SBD-augmented training set (21 classes, "
+                 "255 = boundary/ignore).")
   ALLOW_SIZE_MISMATCH = False
 
 

@@ -84,11 +84,13 @@ class DatasetSpec:
     help: with `finder`: where to download the files and the folder layout expected.
     features: example keys beyond image and label, key -> role ("depth", "superpixels",
       "pose", "intrinsics"; see `ripu_jax.data.pipeline.FEATURE_ROLES`); a sequence of names
-      means key == role. Empty for today's four datasets.
+      means key == role. Empty for the built-in datasets.
     opener: `opener(spec, split, *, data_dir, **options) -> split`; None opens the prepared
       TFDS copy (whose options are the fields of `config_type`, if any).
     config_type: generator parameters of a generated dataset (a frozen dataclass with defaults
       and a `name` property naming its prepared folder), or None.
+    sizes: split -> examples of the full dataset; `prepare` warns when a prepared split holds
+      another count (a partial download). Empty: not checked.
   """
 
   name: str
@@ -103,6 +105,7 @@ class DatasetSpec:
   features: Mapping[str, str] | Sequence[str] = ()
   opener: Callable[..., Any] | None = None
   config_type: type | None = None
+  sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -132,7 +135,13 @@ class DatasetSpec:
     object.__setattr__(self, "splits", splits)
     object.__setattr__(self, "roles", types.MappingProxyType(roles))
     object.__setattr__(self, "features", types.MappingProxyType(features))
+    sizes = dict(self.sizes)
+    unknown = sorted(set(sizes) - set(splits))
+    if unknown:
+      raise ValueError(f"dataset {self.name!r}: sizes name splits {unknown}, which are not among "
+                       f"its splits {splits}")
     object.__setattr__(self, "stored_space", self.stored_space or self.label_space)
+    object.__setattr__(self, "sizes", types.MappingProxyType(sizes))
 
   @property
   def generated(self) -> bool:
@@ -355,7 +364,7 @@ def label_map(dataset: str, space: labels_lib.LabelSpace | str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- built-ins
 
-for _space_entry in (labels_lib.CITYSCAPES_19, labels_lib.SYNTHIA_16,
+for _space_entry in (labels_lib.CITYSCAPES_19, labels_lib.SYNTHIA_16, labels_lib.VOC_21,
                      synthetic_lib.LABEL_SPACE):
   LABEL_SPACES.register(_space_entry.name, _space_entry)
 
@@ -373,6 +382,13 @@ register(DatasetSpec(
     roles={TARGET_TRAIN: "train", TARGET_VAL: "val"}, label_space="cityscapes19",
     builder="ripu_jax.data.builders:Cityscapes", finder=manual.find_cityscapes,
     label_loader=manual.load_cityscapes_train_ids, help=manual.CITYSCAPES_HELP))
+# PASCAL VOC 2012 + SBD ("VOC aug"), the semi-supervised benchmark: a target dataset only, in
+# its own 21-class space.
+register(DatasetSpec(
+    name="voc_aug", splits=tuple(manual.VOC_AUG_SIZES),
+    roles={TARGET_TRAIN: "train", TARGET_VAL: "val"}, label_space="voc",
+    builder="ripu_jax.data.builders:VocAug", finder=manual.find_voc_aug,
+    label_loader=manual.load_voc_ids, help=manual.VOC_AUG_HELP, sizes=manual.VOC_AUG_SIZES))
 register(DatasetSpec(
     name="synthetic", splits=synthetic_lib.SPLITS,
     roles={SOURCE: synthetic_lib.SOURCE_TRAIN, TARGET_TRAIN: synthetic_lib.TARGET_TRAIN,

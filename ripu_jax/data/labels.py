@@ -4,7 +4,8 @@ Storage: today's datasets are stored with Cityscapes train ids (0..18) and 255 f
 GTAV and Cityscapes annotate with Cityscapes label ids; SYNTHIA uses its own ids, of which 16
 classes overlap the 19 (no terrain, truck, train; SYNTHIA's own terrain/truck/train annotations
 are not used, as in the domain-adaptation literature). The on-disk format does not depend on
-the run, so one prepared copy serves every experiment.
+the run, so one prepared copy serves every experiment. PASCAL VOC 2012 (with the SBD labels) is
+stored with its own 21 class indices (0 = background, 255 = the VOC boundary/void label).
 
 Label spaces: a run trains and evaluates in one `LabelSpace` (its source dataset's, see
 `ripu_jax.data.catalog`): its class names, palette, number of network outputs and evaluation
@@ -80,6 +81,34 @@ def lookup_table(id_to_train_id: dict[int, int], size: int = 256) -> np.ndarray:
 
 CITYSCAPES_LOOKUP = lookup_table(CITYSCAPES_ID_TO_TRAIN_ID)
 SYNTHIA_LOOKUP = lookup_table(SYNTHIA_ID_TO_TRAIN_ID, size=1 << 16)
+
+# PASCAL VOC: background and the 20 object classes, in the order of their ids.
+VOC_CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)
+VOC_NUM_CLASSES = len(VOC_CLASS_NAMES)
+
+
+def voc_palette(num_colors: int = 256) -> np.ndarray:
+  """[num_colors, 3] uint8 VOC colour map: bits 0, 1, 2 of id i go to the top bit of red,
+  green, blue, bits 3, 4, 5 to the next bit, and so on (the devkit's `labelcolormap`)."""
+  palette = np.zeros((num_colors, 3), np.uint8)
+  for index in range(num_colors):
+    value, shift = index, 7
+    while value:
+      for channel in range(3):
+        palette[index, channel] |= ((value >> channel) & 1) << shift
+      value >>= 3
+      shift -= 1
+  return palette
+
+
+VOC_PALETTE = voc_palette(VOC_NUM_CLASSES)
+# VOC label files already hold class ids: 0..20 stay, 255 (boundary) and anything else is
+# ignored.
+VOC_LOOKUP = lookup_table({c: c for c in range(VOC_NUM_CLASSES)})
 
 
 def to_train_ids(raw_ids: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -220,3 +249,7 @@ SYNTHIA_16 = LabelSpace(
     "synthia16", tuple(CLASS_NAMES[c] for c in SYNTHIA_CLASSES), PALETTE[list(SYNTHIA_CLASSES)],
     {"miou": tuple(range(len(SYNTHIA_CLASSES))),
      "miou_13": tuple(SYNTHIA_CLASSES.index(c) for c in SYNTHIA_13_CLASSES)})
+
+# PASCAL VOC's 21 classes (background included), all trained and evaluated.
+VOC_21 = LabelSpace("voc", VOC_CLASS_NAMES, VOC_PALETTE,
+                    {"miou": tuple(range(VOC_NUM_CLASSES))})

@@ -1,20 +1,24 @@
-"""Finding and decoding the manually downloaded GTAV, SYNTHIA and Cityscapes files.
+"""Finding and decoding the manually downloaded GTAV, SYNTHIA, Cityscapes and VOC files.
 
-Users keep these datasets however they downloaded them: the original .zip archives, extracted
-folders, or a mix. `FileTree` lists files in folders and inside .zip archives alike, and the
-`find_*` functions pair images with labels by the datasets' own naming rules, skipping stray
-files (hidden files, images without labels and the reverse) with a warning; the `load_*_train_ids`
-functions decode a label file into stored train ids. The dataset catalogue
-(`ripu_jax.data.catalog`) names, per dataset, which finder, label loader and help text apply;
-this module keeps no table of datasets.
+Users keep these datasets however they downloaded them: the original .zip or .tar archives,
+extracted folders, or a mix. `FileTree` lists files in folders and inside .zip and .tar
+(also gzip, bzip2, xz compressed) archives alike, and the `find_*` functions pair images with
+labels by the datasets' own naming rules, skipping stray files (hidden files, images without
+labels and the reverse) with a warning; the `load_*` functions decode a label file into stored
+ids. The dataset catalogue (`ripu_jax.data.catalog`) names, per dataset, which finder, label
+loader and help text apply; this module keeps no table of datasets.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import os
+import re
+import tarfile
 import zipfile
+import zlib
 from typing import Iterable
 
 from absl import logging
@@ -24,7 +28,11 @@ from PIL import Image
 from ripu_jax.data import labels as labels_lib
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-_UNSUPPORTED_ARCHIVES = (".rar", ".7z", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+_TAR_ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_UNSUPPORTED_ARCHIVES = (".rar", ".7z")
+# Files read out of order from one compressed tar are first read in a single pass and kept in
+# memory (`FileTree.prefetch`); beyond this many bytes the archive must be extracted.
+MAX_PREFETCH_BYTES = 4 << 30
 
 GTAV_HELP = """\
 GTAV ("Playing for Data", 24,966 images with Cityscapes label ids).
@@ -60,6 +68,36 @@ the files leftImg8bit_trainvaltest.zip (11 GB) and gtFine_trainvaltest.zip (241 
     gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
 """
 
+VOC_TAR = "VOCtrainval_11-May-2012.tar"
+VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
+SBD_TGZ = "benchmark.tgz"
+SBD_URL = ("http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
+           "benchmark.tgz")
+
+VOC_AUG_HELP = f"""\
+PASCAL VOC 2012 with the SBD training labels ("VOC aug": 10,582 train / 1,449 val images,
+21 classes, 255 = boundary/ignore).
+Download
+  {VOC_TAR} from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/
+    ({VOC_URL})
+  {SBD_TGZ} (the Semantic Boundaries Dataset) from
+    {SBD_URL}
+Put both files in --manual_dir as they are, or extract them there, so that it holds:
+  <manual_dir>/VOCdevkit/VOC2012/
+    JPEGImages/<id>.jpg
+    SegmentationClass/<id>.png           (palette PNGs whose indices are class ids)
+    ImageSets/Segmentation/{{train,val}}.txt
+  <manual_dir>/benchmark_RELEASE/dataset/
+    cls/<id>.mat                         (struct GTcls with the class-id map Segmentation)
+    {{train,val}}.txt
+    img/<id>.jpg                         (only read for ids JPEGImages lacks)
+Instead of {SBD_TGZ}, the widely shared SegmentationClassAug/ folder (or
+SegmentationClassAug.zip) of label PNGs converted from SBD may be put there:
+  <manual_dir>/SegmentationClassAug/<id>.png
+train = (SBD train + SBD val + VOC train) - VOC val; val = VOC 2012 val. An id with a VOC
+SegmentationClass label keeps it; the others take SBD's.
+"""
+
 class ManualDataError(FileNotFoundError):
   """The manually downloaded data is missing or not laid out as expected."""
 
@@ -70,12 +108,12 @@ class CorruptFileError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """A file in a folder or inside a .zip archive.
+  """A file in a folder or inside a .zip or .tar archive.
 
   Attributes:
     parts: path components used for matching (relative to the manual dir, or the member
       path inside the archive).
-    archive: path of the containing .zip archive, or None for a plain file.
+    archive: path of the containing archive, or None for a plain file.
     location: the file's path on disk, or its member name in `archive`.
   """
 
@@ -108,14 +146,30 @@ def _is_hidden(parts: Iterable[str]) -> bool:
   return any(part.startswith(".") or part == "__MACOSX" for part in parts)
 
 
+def _member_parts(name: str) -> tuple[str, ...]:
+  return tuple(p for p in name.split("/") if p and p != ".")
+
+
+# What reading an archive member can raise for a damaged or vanished archive.
+_READ_ERRORS = (OSError, zipfile.BadZipFile, tarfile.TarError, KeyError, EOFError, zlib.error)
+
+
 class FileTree:
-  """All regular files under `root`, including the members of .zip archives found there."""
+  """All regular files under `root`, including the members of .zip and .tar archives there.
+
+  Plain .tar and .zip members are read by random access. A compressed tar (.tgz, .tar.gz, ...)
+  cannot seek backwards without decompressing again from its start, so members wanted out of
+  order are read first in one forward pass with `prefetch`.
+  """
 
   def __init__(self, root: str | os.PathLike):
     self.root = os.path.abspath(os.fspath(root))
     self.entries: list[Entry] = []
     self.unsupported_archives: list[str] = []
-    self._archives: dict[str, zipfile.ZipFile] = {}
+    self._archives: dict[str, zipfile.ZipFile | tarfile.TarFile] = {}
+    self._tar_members: dict[tuple[str, str], tarfile.TarInfo] = {}
+    self._compressed: set[str] = set()
+    self._prefetched: dict[tuple[str, str], bytes] = {}
     for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
       dirnames[:] = sorted(d for d in dirnames if not _is_hidden([d]))
       rel_dir = os.path.relpath(dirpath, self.root)
@@ -127,6 +181,8 @@ class FileTree:
         lower = filename.lower()
         if lower.endswith(".zip"):
           self._add_archive(path)
+        elif lower.endswith(_TAR_ARCHIVES):
+          self._add_tar(path)
         elif lower.endswith(_UNSUPPORTED_ARCHIVES):
           self.unsupported_archives.append(path)
         else:
@@ -144,9 +200,38 @@ class FileTree:
     for member in members:
       if member.is_dir():
         continue
-      parts = tuple(p for p in member.filename.split("/") if p)
+      parts = _member_parts(member.filename)
       if parts and not _is_hidden(parts):
         self.entries.append(Entry(parts, path, member.filename))
+
+  def _add_tar(self, path: str) -> None:
+    """Lists a tar archive (a compressed one is decompressed once to list it)."""
+    try:
+      try:
+        archive = tarfile.open(path, "r:")
+      except tarfile.ReadError:  # Not a plain tar: a compressed one (whatever its name).
+        archive = tarfile.open(path, "r:*")
+        self._compressed.add(path)
+      members = archive.getmembers()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+      raise CorruptFileError(
+          f"Cannot open the archive {path}: {err}. Download it again, or extract it by hand "
+          "and remove the archive file.") from err
+    self._archives[path] = archive
+    for member in members:
+      if not member.isfile():
+        continue
+      parts = _member_parts(member.name)
+      if parts and not _is_hidden(parts):
+        self._tar_members[(path, member.name)] = member
+        self.entries.append(Entry(parts, path, member.name))
+
+  def _read_member(self, entry: Entry) -> bytes:
+    archive = self._archives[entry.archive]
+    if isinstance(archive, zipfile.ZipFile):
+      return archive.read(entry.location)
+    with archive.extractfile(self._tar_members[(entry.archive, entry.location)]) as f:
+      return f.read()
 
   def read(self, entry: Entry) -> bytes:
     """The file's bytes; errors name the file."""
@@ -154,14 +239,45 @@ class FileTree:
       if entry.archive is None:
         with open(entry.location, "rb") as f:
           return f.read()
-      return self._archives[entry.archive].read(entry.location)
-    except (OSError, zipfile.BadZipFile, KeyError, EOFError) as err:
+      prefetched = self._prefetched.pop((entry.archive, entry.location), None)
+      return prefetched if prefetched is not None else self._read_member(entry)
+    except _READ_ERRORS as err:
       raise CorruptFileError(f"Cannot read {entry}: {err}") from err
+
+  def prefetch(self, entries: Iterable[Entry]) -> None:
+    """Reads those of `entries` that lie in compressed tars in one forward pass per archive
+    and keeps their bytes until `read` takes them (other entries are read when asked for).
+
+    Raises:
+      ManualDataError: when that would hold more than MAX_PREFETCH_BYTES in memory; the
+        message says which archive to extract.
+    """
+    wanted = collections.defaultdict(dict)
+    for entry in entries:
+      key = (entry.archive, entry.location)
+      if entry.archive in self._compressed and key not in self._prefetched:
+        wanted[entry.archive][entry.location] = self._tar_members[key]
+    total = sum(m.size for members in wanted.values() for m in members.values())
+    if total > MAX_PREFETCH_BYTES:
+      largest = max(wanted, key=lambda a: sum(m.size for m in wanted[a].values()))
+      raise ManualDataError(
+          f"Reading {total / 2**30:.1f} GiB out of the compressed archive(s) "
+          f"{', '.join(sorted(wanted))} would need that much memory. Extract them into "
+          f"{self.root} first (e.g. tar xf {largest} -C {os.path.dirname(largest)}) and "
+          "remove the archive files.")
+    for archive, members in wanted.items():
+      for member in sorted(members.values(), key=lambda m: m.offset_data):
+        entry = Entry(_member_parts(member.name), archive, member.name)
+        try:
+          self._prefetched[(archive, member.name)] = self._read_member(entry)
+        except _READ_ERRORS as err:
+          raise CorruptFileError(f"Cannot read {entry}: {err}") from err
 
   def close(self) -> None:
     for archive in self._archives.values():
       archive.close()
     self._archives.clear()
+    self._prefetched.clear()
 
   def __getstate__(self):
     raise TypeError("FileTree holds open archives and is not picklable")
@@ -315,6 +431,156 @@ def find_cityscapes(tree: FileTree) -> dict[str, list[Pair]]:
   return result
 
 
+# The VOC aug splits and their full sizes (the catalogue takes its splits from here).
+VOC_AUG_SIZES = {"train": 10582, "val": 1449}
+# Another year's devkit folder (VOC2007, ...), whose list files would clash with VOC2012's.
+_OTHER_VOC_YEAR = re.compile(r"voc(?!2012$)\d{4}$")
+
+
+@dataclasses.dataclass
+class _VocFiles:
+  """The VOC aug files found, by role; each file dict maps an id (or split) to its entry."""
+
+  voc_images: dict = dataclasses.field(default_factory=dict)
+  voc_labels: dict = dataclasses.field(default_factory=dict)
+  voc_lists: dict = dataclasses.field(default_factory=dict)
+  sbd_images: dict = dataclasses.field(default_factory=dict)
+  sbd_labels: dict = dataclasses.field(default_factory=dict)
+  sbd_lists: dict = dataclasses.field(default_factory=dict)
+  aug_labels: dict = dataclasses.field(default_factory=dict)
+
+
+def _sort_voc_entry(files: _VocFiles, entry: Entry, duplicates: list) -> None:
+  """Files `entry` under its role in the VOC 2012 or SBD layout, if it has one."""
+  parts = [p.lower() for p in entry.parts]
+  if len(parts) < 2:
+    return
+  name, folder = parts[-1], parts[-2]
+  parent = parts[-3] if len(parts) >= 3 else ""
+  if folder in ("jpegimages", "segmentationclass", "segmentation") and any(
+      _OTHER_VOC_YEAR.match(p) for p in parts[:-1]):
+    return
+  if folder == "jpegimages" and name.endswith(IMAGE_EXTENSIONS):
+    _prefer_plain_files(files.voc_images, entry.stem, entry, duplicates)
+  elif folder == "segmentationclass" and name.endswith(".png"):
+    _prefer_plain_files(files.voc_labels, entry.stem, entry, duplicates)
+  elif (folder, parent) == ("segmentation", "imagesets") and name in ("train.txt", "val.txt"):
+    _prefer_plain_files(files.voc_lists, entry.stem, entry, duplicates)
+  elif folder == "segmentationclassaug" and name.endswith(".png"):
+    _prefer_plain_files(files.aug_labels, entry.stem, entry, duplicates)
+  elif folder == "cls" and name.endswith(".mat"):
+    _prefer_plain_files(files.sbd_labels, entry.stem, entry, duplicates)
+  elif (folder, parent) == ("img", "dataset") and name.endswith(IMAGE_EXTENSIONS):
+    _prefer_plain_files(files.sbd_images, entry.stem, entry, duplicates)
+  elif folder == "dataset" and name in ("train.txt", "val.txt"):
+    _prefer_plain_files(files.sbd_lists, entry.stem, entry, duplicates)
+
+
+def _voc_missing_error(tree: FileTree, missing: list[str]) -> ManualDataError:
+  hint = ""
+  if tree.unsupported_archives:
+    hint = ("\nFound archives this tool cannot read directly; extract them first: " +
+            ", ".join(tree.unsupported_archives[:5]))
+  sample = ", ".join(str(e) for e in tree.entries[:3]) or "no files at all"
+  lines = "".join(f"\n  - {line}" for line in missing)
+  return ManualDataError(
+      f"No complete VOC aug download found under {tree.root} (it contains: {sample}). "
+      f"Missing:{lines}\nPut the downloaded files in {tree.root} as they are, or extract them "
+      f"there.{hint}\n{VOC_AUG_HELP}")
+
+
+def _check_voc_files(tree: FileTree, files: _VocFiles) -> None:
+  """Raises naming each missing file, the download holding it and where it comes from."""
+  in_voc = f"in {VOC_TAR}, from {VOC_URL}"
+  in_sbd = f"in {SBD_TGZ}, from {SBD_URL}"
+  missing = []
+  voc_parts = {"VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt": "train" in files.voc_lists,
+               "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt": "val" in files.voc_lists,
+               "VOCdevkit/VOC2012/JPEGImages/<id>.jpg": bool(files.voc_images),
+               "VOCdevkit/VOC2012/SegmentationClass/<id>.png": bool(files.voc_labels)}
+  if not any(voc_parts.values()):
+    missing.append(f"{VOC_TAR} (or its extracted VOCdevkit/VOC2012/ folder), from {VOC_URL}")
+  else:
+    missing += [f"{path} ({in_voc})" for path, found in voc_parts.items() if not found]
+  sbd_parts = {"benchmark_RELEASE/dataset/train.txt": "train" in files.sbd_lists,
+               "benchmark_RELEASE/dataset/val.txt": "val" in files.sbd_lists,
+               "benchmark_RELEASE/dataset/cls/<id>.mat": bool(files.sbd_labels)}
+  # SegmentationClassAug, when present, stands in for SBD's lists and labels.
+  if not files.aug_labels and not any(sbd_parts.values()):
+    missing.append(f"{SBD_TGZ} (or its extracted benchmark_RELEASE/dataset/ folder), from "
+                   f"{SBD_URL}; or instead a SegmentationClassAug/ folder of label PNGs")
+  elif not files.aug_labels:
+    missing += [f"{path} ({in_sbd})" for path, found in sbd_parts.items() if not found]
+  if missing:
+    raise _voc_missing_error(tree, missing)
+
+
+def _read_id_list(tree: FileTree, entry: Entry) -> list[str]:
+  try:
+    text = tree.read(entry).decode("utf-8")
+  except UnicodeDecodeError as err:
+    raise CorruptFileError(f"The id list {entry} is not text ({err}); download or extract it "
+                           "again.") from err
+  # VOC lists hold one id a line; tolerate a second column (such as "<id> -1").
+  return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def find_voc_aug(tree: FileTree) -> dict[str, list[Pair]]:
+  """{"train": pairs, "val": pairs} of PASCAL VOC 2012 with the SBD labels, named by VOC id.
+
+  train = (SBD train + SBD val + VOC train) - VOC val, val = VOC val (without SBD's lists, the
+  ids of SegmentationClassAug stand for SBD's). Images: VOC's JPEGImages, else SBD's img.
+  Labels: VOC's SegmentationClass, else SBD's cls .mat, else SegmentationClassAug; val ids take
+  VOC's labels only, so the evaluation never silently changes to SBD's.
+  """
+  files, duplicates = _VocFiles(), []
+  for entry in tree.entries:
+    _sort_voc_entry(files, entry, duplicates)
+  if duplicates:
+    logging.warning("voc_aug: %d file(s) found twice (e.g. %s); using one copy each",
+                    len(duplicates), duplicates[0])
+  _check_voc_files(tree, files)
+  use_sbd_lists = len(files.sbd_lists) == 2
+  tree.prefetch(list(files.voc_lists.values()) +
+                (list(files.sbd_lists.values()) if use_sbd_lists else []))
+  voc = {split: _read_id_list(tree, entry) for split, entry in files.voc_lists.items()}
+  if use_sbd_lists:
+    sbd_ids = set(_read_id_list(tree, files.sbd_lists["train"]))
+    sbd_ids |= set(_read_id_list(tree, files.sbd_lists["val"]))
+  else:
+    sbd_ids = set(files.aug_labels)
+  val_ids = set(voc["val"])
+  ids = {"train": sorted((sbd_ids | set(voc["train"])) - val_ids), "val": sorted(val_ids)}
+  label_sources = {"train": (files.voc_labels, files.sbd_labels, files.aug_labels),
+                   "val": (files.voc_labels,)}
+  result = {}
+  for split, split_ids in ids.items():
+    pairs, without_image, without_label = [], [], []
+    for voc_id in split_ids:
+      image = files.voc_images.get(voc_id) or files.sbd_images.get(voc_id)
+      label = next((found[voc_id] for found in label_sources[split] if voc_id in found), None)
+      if image is None:
+        without_image.append(voc_id)
+      elif label is None:
+        without_label.append(voc_id)
+      else:
+        pairs.append(Pair(voc_id, image, label))
+    if without_image:
+      logging.warning("voc_aug %s: skipping %d listed id(s) without an image "
+                      "(JPEGImages/<id>.jpg or SBD's img/<id>.jpg), e.g. %s", split,
+                      len(without_image), without_image[0])
+    if without_label:
+      where = ("SegmentationClass/<id>.png" if split == "val" else
+               "SegmentationClass/<id>.png, SBD's cls/<id>.mat or SegmentationClassAug/<id>.png")
+      logging.warning("voc_aug %s: skipping %d listed id(s) without a label (%s), e.g. %s",
+                      split, len(without_label), where, without_label[0])
+    if not pairs:
+      raise _voc_missing_error(tree, [f"the images and labels of the {len(split_ids)} VOC aug "
+                                      f"{split} ids listed (none has both)"])
+    result[split] = pairs  # prepare compares the counts with VOC_AUG_SIZES.
+  return result
+
+
 # ----------------------------------------------------------------------------- decoding
 
 
@@ -390,3 +656,37 @@ def load_synthia_train_ids(tree: FileTree, entry: Entry) -> np.ndarray:
   data = tree.read(entry)
   return labels_lib.to_train_ids(_decode_png16_first_channel(entry, data),
                                  labels_lib.SYNTHIA_LOOKUP)
+
+
+def _decode_sbd_mat(entry: Entry, data: bytes) -> np.ndarray:
+  """The class-id map of an SBD cls/*.mat file (MATLAB v5: struct GTcls, field Segmentation)."""
+  import scipy.io  # pylint: disable=g-import-not-at-top  (slow to import, only needed here)
+  try:
+    contents = scipy.io.loadmat(io.BytesIO(data), variable_names=["GTcls"])
+  except Exception as err:  # scipy raises several types for damaged files.
+    raise CorruptFileError(f"Cannot decode the label {entry}: {err}. The file is damaged; "
+                           "download or extract it again.") from err
+  gt = contents.get("GTcls")
+  if gt is None or gt.dtype.names is None or "Segmentation" not in gt.dtype.names or (
+      gt.size != 1):
+    raise CorruptFileError(
+        f"The label {entry} holds no struct GTcls with a field Segmentation; expected an SBD "
+        "class label (benchmark_RELEASE/dataset/cls/<id>.mat, not inst/).")
+  segmentation = np.asarray(gt["Segmentation"].flat[0])
+  if segmentation.dtype.kind not in "iu":
+    raise CorruptFileError(f"The label {entry} holds a {segmentation.dtype} Segmentation; "
+                           "expected integer class ids")
+  return segmentation
+
+
+def load_voc_ids(tree: FileTree, entry: Entry) -> np.ndarray:
+  """[H, W] uint8 VOC class ids (0..20; 255 = boundary/ignore) of a VOC SegmentationClass or
+  SegmentationClassAug PNG (palette indices or grey values are the ids) or an SBD .mat file."""
+  data = tree.read(entry)
+  if entry.name.lower().endswith(".mat"):
+    raw = _decode_sbd_mat(entry, data)
+  else:
+    raw = _decode_label_ids_pil(entry, data)
+  if raw.ndim != 2:
+    raise CorruptFileError(f"The label {entry} has shape {raw.shape}; expected [H, W] ids")
+  return labels_lib.to_train_ids(raw, labels_lib.VOC_LOOKUP)

@@ -3,13 +3,17 @@
   python -m ripu_jax.data.prepare --dataset synthetic --data_dir ~/tensorflow_datasets
   python -m ripu_jax.data.prepare --dataset cityscapes --manual_dir ~/downloads/cityscapes \
       --data_dir ~/tensorflow_datasets
+  python -m ripu_jax.data.prepare --dataset voc_aug --manual_dir ~/downloads/voc \
+      --data_dir ~/tensorflow_datasets
 
-GTAV, SYNTHIA and Cityscapes must be downloaded by hand first (the error message for a missing
-or mis-laid --manual_dir says from where, and which folder layout is expected). The synthetic
-benchmark is generated locally from its parameters. Every dataset of the catalogue
-(`ripu_jax.data.catalog`) with a TFDS builder can be prepared, including one a plug-in module
-registered; the generator options of the command line are the fields of the generated datasets'
-parameter classes.
+GTAV, SYNTHIA, Cityscapes and VOC aug (PASCAL VOC 2012 + SBD) must be downloaded by hand first
+(the error message for a missing or mis-laid --manual_dir says from where, and which folder
+layout is expected). A dataset whose full split sizes the catalogue knows (VOC aug) is checked
+after preparing: a split of another size is warned about, as a sign of a partial download.
+The synthetic benchmark is generated locally from its parameters. Every dataset of the
+catalogue (`ripu_jax.data.catalog`) with a TFDS builder can be prepared, including one a
+plug-in module registered; the generator options of the command line are the fields of the
+generated datasets' parameter classes.
 
 Preparation never stops for a label without any valid class id once mapped to train ids (all
 255 = ignore: wrong label ids, a label of another dataset): it warns, naming the file, and at
@@ -41,8 +45,8 @@ def prepare(name: str, *, manual_dir: str | os.PathLike | None = None,
   """Builds dataset `name` into `data_dir` (ArrayRecord) and returns its folder.
 
   Args:
-    name: "gtav", "synthia", "cityscapes", "synthetic" (or another catalogued dataset with a
-      TFDS builder).
+    name: "gtav", "synthia", "cityscapes", "voc_aug", "synthetic" (or another catalogued
+      dataset with a TFDS builder).
     manual_dir: folder with the downloaded archives or extracted files (not for generated
       datasets such as synthetic).
     data_dir: output root (default ~/tensorflow_datasets).
@@ -94,7 +98,26 @@ def prepare(name: str, *, manual_dir: str | os.PathLike | None = None,
   finally:
     builders.SHOW_PROGRESS["enabled"] = previous
   _report_labels_without_classes(name, getattr(builder, "labels_without_classes", None))
+  _check_sizes(spec, prepared_sizes(expected_dir))
   return expected_dir
+
+
+def prepared_sizes(directory: str) -> dict[str, int]:
+  """split -> number of examples of the prepared dataset in `directory`."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  splits = tfds.builder_from_directory(directory).info.splits
+  return {name: int(splits[name].num_examples) for name in splits.keys()}
+
+
+def _check_sizes(spec, sizes: dict[str, int]) -> None:
+  """Warns about a split whose size differs from the full dataset's (`spec.sizes`)."""
+  for split, expected in spec.sizes.items():
+    found = sizes.get(split)
+    if found is not None and found != expected:
+      logging.warning(
+          "%s %s: prepared %d examples, the full split has %d. If you meant the full dataset, "
+          "files are missing from the download (see the warnings about skipped files above); "
+          "complete it and prepare again with --overwrite.", spec.name, split, found, expected)
 
 
 def _builder_over_existing(name: str, data_dir: str, config, directory: str, overwrite: bool):
@@ -213,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
           ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 1
-  print(f"{args.dataset} is ready in {directory}")
+  sizes = ", ".join(f"{split}: {count:,}" for split, count in prepared_sizes(directory).items())
+  print(f"{args.dataset} is ready in {directory} ({sizes} examples)")
   return 0
 
 

@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image
 
 from ripu_jax.data import catalog
-from ripu_jax.data import labels as labels_lib
 
 VERSION = "1.0.0"
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
@@ -150,6 +149,9 @@ class PreparedSplit:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     spec = catalog.get(name)
     self.dataset_name = name
+    # Class indices of the metadata: the stored label space's (19 Cityscapes train ids, 21 VOC
+    # classes, ...).
+    self.num_classes = catalog.label_space(spec.stored_space).num_classes
     self.features = types.MappingProxyType(dict(spec.features))
     self.split = split
     self.directory = directory
@@ -230,18 +232,18 @@ class PreparedSplit:
 
   @functools.cached_property
   def class_presence(self) -> np.ndarray:
-    """[N, NUM_CLASSES] bool: which train ids occur in each image."""
-    bits = np.arange(labels_lib.NUM_CLASSES, dtype=np.int64)
+    """[N, num_classes] bool: which stored ids occur in each image."""
+    bits = np.arange(self.num_classes, dtype=np.int64)
     return ((self._presence_bits[:, None] >> bits[None, :]) & 1).astype(bool)
 
   @property
   def class_index(self) -> tuple[np.ndarray, ...]:
-    """Per train id, the sorted indices of the images that contain it."""
-    return tuple(np.flatnonzero(self.class_presence[:, c]) for c in range(labels_lib.NUM_CLASSES))
+    """Per stored id, the sorted indices of the images that contain it."""
+    return tuple(np.flatnonzero(self.class_presence[:, c]) for c in range(self.num_classes))
 
   @property
   def pixel_counts(self) -> np.ndarray:
-    """[NUM_CLASSES] total labelled pixels per train id over the split."""
+    """[num_classes] total labelled pixels per stored id over the split."""
     return self._pixel_counts.copy()
 
   def __repr__(self) -> str:
@@ -255,9 +257,9 @@ def open_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
 
   Args:
     name: a dataset of the catalogue with a TFDS builder: "gtav", "synthia", "cityscapes",
-      "synthetic", or one a plug-in registered.
+      "voc_aug", "synthetic", or one a plug-in registered.
     split: one of the dataset's splits: "train" (gtav, synthia), "train"/"val"
-      (cityscapes), or "source_train", "target_train", "target_val" (synthetic).
+      (cityscapes, voc_aug), or "source_train", "target_train", "target_val" (synthetic).
     data_dir: the --data_dir given to `python -m ripu_jax.data.prepare`
       (default ~/tensorflow_datasets).
     config: generated datasets only (synthetic: a SyntheticConfig): the generator parameters

@@ -28,7 +28,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from ripu_jax import config_lib
@@ -37,8 +36,8 @@ from ripu_jax import models
 from ripu_jax.errors import ConfigError
 from ripu_jax.methods.eln import losses
 from ripu_jax.methods.eln.networks import ELN_RANDOM_KEYS, ErrorLocalizationNet
-from ripu_jax.methods.eln.objective import (METRICS, ElnObjective, _at, ema_teacher,
-                                            eln_optimizer_config, eval_view, start_teacher)
+from ripu_jax.methods.eln.objective import (METRICS, ElnObjective, _at, eln_optimizer_config,
+                                            eval_view, start_teacher)
 from ripu_jax.objectives import OBJECTIVES, TrainState, optimizer_for
 
 
@@ -163,20 +162,4 @@ class RipuElnObjective(ElnObjective):
       terms["total"] = total
       return total, terms
 
-    if stage == 1:
-      grads, terms = nnx.grad(lambda model: loss_fn(model, None, None), has_aux=True)(
-          state.model)
-      state.optimizer.update(state.model, grads)
-    else:
-      (grads, aux_grads, eln_grads), terms = nnx.grad(loss_fn, argnums=(0, 1, 2),
-                                                       has_aux=True)(
-          state.model, state.aux, state.eln)
-      state.optimizer.update(state.model, grads)
-      state.aux_optimizer.update(state.aux, aux_grads)
-      state.eln_optimizer.update(state.eln, eln_grads)
-      metrics["eln_grad_norm"] = optax.tree.norm(eln_grads)
-    metrics.update(terms)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    if stage == 3:
-      ema_teacher(state, eln)
-    return {key: jnp.asarray(value, jnp.float32) for key, value in metrics.items()}
+    return self._update(state, loss_fn, ("aux", "eln"), metrics, stage=stage)

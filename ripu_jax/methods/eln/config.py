@@ -73,6 +73,17 @@ def after_ripu_config(config: ml_collections.ConfigDict, *, num_steps: int, aux_
   return config
 
 
+def after_ripu_real_config(source: str) -> ml_collections.ConfigDict:
+  """configs/eln/<source>_ripu_eln.py: RIPU-RA 2.2% `source` -> Cityscapes (DeepLab-v2) to the
+  end of its 62.5k-step schedule, ELN's stages from 40k and 46k, the ELN's ResNet-34 from
+  ImageNet (weights/resnet34.npz)."""
+  from ripu_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = after_ripu_config(config_lib.real_config(source), num_steps=62_500,
+                             aux_from=40_000, self_training_from=46_000)
+  config.eln.pretrained = "weights/resnet34.npz"
+  return config
+
+
 def network_config(smoke: bool = False) -> ml_collections.ConfigDict:
   """`eln.network` of the synthetic benchmark's runs: a ResNet-34 layout with one block per
   stage at 1/4 width (1/8 and narrower decoders for smoke runs)."""

@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from ripu_jax import losses as ripu_losses
+from ripu_jax.losses import safe_mean  # the mean that is 0, not NaN, over an empty set
 
 IGNORE_INDEX = ripu_losses.IGNORE_INDEX
-# The mean that is 0, not NaN, over an empty set.
-_safe_mean = ripu_losses._safe_mean  # pylint: disable=protected-access
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # full float32 matmuls (no TF32) for cosines and sums
 
@@ -118,7 +117,7 @@ def class_balanced_bce(
     scale = jnp.where(n0 > 0, ratio, 1.0)
   weight = jnp.where(negative, jax.lax.stop_gradient(scale), 1.0)
   total = jnp.sum(jnp.where(valid, weight * bce, 0.0))
-  return _safe_mean(total, jnp.sum(valid))
+  return safe_mean(total, jnp.sum(valid))
 
 
 @functools.partial(
@@ -168,13 +167,8 @@ def per_image_cross_entropy(
   Valid as in `ripu_jax.losses.cross_entropy`: label != ignore_index and inside [0, C).
   """
   _check_logits_labels(logits, labels)
-  num_classes = logits.shape[-1]
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
-  one_hot = jax.nn.one_hot(jnp.where(valid, labels, 0), num_classes, dtype=jnp.float32)
-  picked = jnp.sum(log_probs * one_hot, axis=-1)
-  totals = -jnp.sum(jnp.where(valid, picked, 0.0), axis=(1, 2))
-  return _safe_mean(totals, jnp.sum(valid, axis=(1, 2)))
+  picked, valid = ripu_losses.label_log_likelihood(logits, labels, ignore_index)
+  return safe_mean(-jnp.sum(picked, axis=(1, 2)), jnp.sum(valid, axis=(1, 2)))
 
 
 @functools.partial(jax.jit, static_argnames=("per_image",))
@@ -318,7 +312,7 @@ def _window_loss(
       jnp.where(present, positive, 1.0))
   per_class = jnp.where(present, log_ratio / jnp.maximum(count, 1.0), 0.0)
   num_present = jnp.sum(present)
-  loss = _safe_mean(jnp.sum(per_class), num_present)
+  loss = safe_mean(jnp.sum(per_class), num_present)
   return loss, num_present > 0
 
 
@@ -405,7 +399,7 @@ def _window_contrastive(
 
   losses, non_empty = jax.lax.map(jax.checkpoint(one_window), corners)
   if skip_empty_windows:
-    return _safe_mean(jnp.sum(losses), jnp.sum(non_empty))
+    return safe_mean(jnp.sum(losses), jnp.sum(non_empty))
   return jnp.mean(losses)
 
 

@@ -254,19 +254,26 @@ class ElnObjective(Objective):
       total = sum(terms.values())
       return total, {**terms, "total": total}
 
-    if stage == 1:
-      grads, terms = nnx.grad(lambda model: loss_fn(model, None), has_aux=True)(state.model)
-      state.optimizer.update(state.model, grads)
-    else:
-      (grads, eln_grads), terms = nnx.grad(loss_fn, argnums=(0, 1), has_aux=True)(
-          state.model, state.eln)
-      state.optimizer.update(state.model, grads)
-      state.eln_optimizer.update(state.eln, eln_grads)
-      metrics["eln_grad_norm"] = optax.tree.norm(eln_grads)
+    return self._update(state, loss_fn, ("eln",), metrics, stage=stage)
+
+  def _update(self, state: TrainState, loss_fn, extras: tuple[str, ...], metrics: dict, *,
+              stage: int) -> dict:
+    """One update: `loss_fn(model, *extras)` differentiated with respect to the model and,
+    from stage 2, the extra networks (each by its `<name>_optimizer`); then the EMA teacher
+    in stage 3. Returns the metrics as float32 scalars."""
+    names = ("model", *extras) if stage > 1 else ("model",)
+    modules = [getattr(state, name) for name in names]
+    loss = loss_fn if stage > 1 else (lambda model: loss_fn(model, *[None] * len(extras)))
+    grads, terms = nnx.grad(loss, argnums=tuple(range(len(names))), has_aux=True)(*modules)
+    for name, module, grad in zip(names, modules, grads):
+      optimizer = state.optimizer if name == "model" else getattr(state, f"{name}_optimizer")
+      optimizer.update(module, grad)
     metrics.update(terms)
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads[0])
+    if "eln" in names:
+      metrics["eln_grad_norm"] = optax.tree.norm(grads[names.index("eln")])
     if stage == 3:
-      ema_teacher(state, eln)
+      ema_teacher(state, self.config.eln)
     return {key: jnp.asarray(value, jnp.float32) for key, value in metrics.items()}
 
   def make_step(self):
