@@ -74,7 +74,7 @@ def _sbd_mat(segmentation: np.ndarray, variable: str = "GTcls") -> bytes:
 
 def _ids(shape, values) -> np.ndarray:
   ids = RNG.choice(np.array(values, np.uint8), size=shape)
-  ids[0, :len(values)] = values[:shape[1]]  # Every value occurs.
+  ids[0, :len(values)] = values[:shape[1]]  # Every value occurs (as far as the width allows).
   return ids
 
 

@@ -3,6 +3,8 @@ finished RIPU run, and the errors for runs that cannot be continued."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -124,3 +126,27 @@ def test_the_stage_starts_after_the_rounds():
   config.eln.update(aux_from=2, self_training_from=4)
   with pytest.raises(ConfigError, match=r"eln.aux_from \(2\) comes before RIPU's last round"):
     config_lib.validate(config)
+
+
+def test_semi_supervised_step_on_one_and_four_devices_agrees(tmp_path):
+  """Data-parallel ELN: the batch split over 4 devices (batch statistics over all of them)
+  gives the losses of one device."""
+  records = {}
+  for devices in (1, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    workdir = str(tmp_path / f"devices{devices}")
+    process = subprocess.run(
+        [sys.executable, "-m", "ripu_jax.main", "--config",
+         os.path.join(ROOT, "configs", "eln", "demo_semi.py") + ":smoke", "--workdir", workdir,
+         "--config.progress_bars=False", "--config.num_steps=2", "--config.log_every=1",
+         "--config.eln.aux_from=0", "--config.eln.self_training_from=1",
+         "--config.train.batch_size=4", "--config.eval.batch_size=4",
+         "--config.active.batch_size=4"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert process.returncode == 0, process.stdout + process.stderr
+    records[devices] = [r for r in read_metrics(workdir) if r["kind"] == "train"]
+  assert [r["stage"] for r in records[1]] == [2.0, 3.0]
+  for one, four in zip(records[1], records[4]):
+    for term in ("sup", "eln", "pseudo", "contrastive", "kept_fraction", "total"):
+      assert one[term] == pytest.approx(four[term], rel=2e-3, abs=1e-4), term

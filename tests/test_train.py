@@ -64,8 +64,13 @@ def test_every_config_loads_and_validates(path):
     assert (real.optim.name, real.optim.schedule, real.optim.base_lr) == (
         "adamw", "constant", 1e-5)
     assert real.optim.head_lr_multiplier == 10 and real.optim.weight_decay == 1e-5
-    assert real.train.batch_size == 4 and real.eln.teacher_decay == 0.995
-    assert (real.eln.aux_from, real.eln.self_training_from) == (100 * 266, 158 * 266)
+    assert real.eln.teacher_decay == 0.995 and real.num_steps == 500 * 266
+    # (batch, supervised epochs, + ELN epochs) of the release's README per dataset.
+    batch, supervised, with_eln = {"cityscapes": (4, 100, 58), "voc_aug": (6, 70, 50)}[
+        real.data.target]
+    assert real.train.batch_size == batch
+    assert (real.eln.aux_from, real.eln.self_training_from) == (
+        supervised * 266, (supervised + with_eln) * 266)
   elif not os.path.basename(name).startswith("demo"):
     real = load_config(name)
     assert real.optim.base_lr == 2.5e-4 and real.optim.max_iter == 62_500
