@@ -103,6 +103,12 @@ class RipuElnObjective(ElnObjective):
                       eln=network, eln_optimizer=optimizer_for(network, adamw))
 
   def _step(self, state: TrainState, batch, step: jax.Array, *, stage: int):
+    if stage == 1:  # RIPU's own step, so that the run is RIPU's to the bit until the stage
+      ripu = OBJECTIVES.get("ripu")(self.config)
+      metrics = ripu.train_step(state, {k: v for k, v in batch.items()
+                                        if k.split("_")[0] in ripu.domains and "strong" not in k})
+      zeros = dict.fromkeys(METRICS, jnp.float32(0.0))
+      return {**zeros, **metrics, "sup": metrics["total"], "stage": jnp.float32(1.0)}
     eln, train = self.config.eln, self.config.train
     source_images, source_labels = batch["source_images"], batch["source_labels"]
     target_images, target_labels = batch["target_images"], batch["target_labels"]
