@@ -401,7 +401,8 @@ def plot(rows: list[dict], path: str) -> None:
             "full_source": ("black", "-.")}
   strategies = [r for r in rows if r["setting"] not in bounds]
   labels = list(dict.fromkeys(r["label"] for r in strategies))
-  colours = {label: f"C{number % 10}" for number, label in enumerate(labels)}
+  palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+  colours = {label: palette(number % palette.N) for number, label in enumerate(labels)}
   for number, label in enumerate(labels):
     points = sorted((r for r in strategies if r["label"] == label),
                     key=lambda r: r["labelled_fraction"])
