@@ -41,11 +41,4 @@ def voc_config(fraction: float = 0.125) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-  variants = {name: (lambda config, f=f: _with_fraction(config, f))
-              for name, f in FRACTIONS.items()}
-  return eln_config.get_config_with_arg(voc_config, arg, variants)
-
-
-def _with_fraction(config, fraction):
-  config.active.labelled_fraction = fraction
-  return config
+  return eln_config.get_config_with_arg(voc_config, arg, eln_config.fraction_variants(FRACTIONS))

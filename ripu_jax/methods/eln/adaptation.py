@@ -35,9 +35,8 @@ from ripu_jax import losses as ripu_losses
 from ripu_jax import models
 from ripu_jax.errors import ConfigError
 from ripu_jax.methods.eln import losses
-from ripu_jax.methods.eln.networks import ELN_RANDOM_KEYS, ErrorLocalizationNet
-from ripu_jax.methods.eln.objective import (METRICS, ElnObjective, _at, eln_optimizer_config,
-                                            eval_view, start_teacher)
+from ripu_jax.methods.eln.objective import (METRICS, ElnObjective, _at, build_eln,
+                                            eln_optimizer_config, eval_view, start_teacher)
 from ripu_jax.objectives import OBJECTIVES, TrainState, optimizer_for
 
 
@@ -91,12 +90,7 @@ class RipuElnObjective(ElnObjective):
         **kwargs, **extra)
     teacher = build(config.seed + 1)
     aux = AuxHeads(build(config.seed + 3, aux_heads=len(eln.aux_alphas)).aux_heads)
-    network = ErrorLocalizationNet(num_classes, rngs=nnx.Rngs(config.seed + 2),
-                                   dtype=config.model.dtype, **eln.network.to_dict())
-    if eln.pretrained:
-      models.load_torchvision_weights(network.backbone,
-                                      models.load_torchvision_npz(eln.pretrained),
-                                      keep_random=ELN_RANDOM_KEYS)
+    network = build_eln(config)
     adamw = eln_optimizer_config(eln)
     return TrainState(model, optimizer_for(model, config.optim), teacher=teacher,
                       aux=aux, aux_optimizer=optimizer_for(aux, adamw),

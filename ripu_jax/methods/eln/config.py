@@ -109,6 +109,18 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.Config
   return config
 
 
+def fraction_variants(fractions: dict[str, float]) -> dict:
+  """Config-file arguments ('1/8', ...) that set the labelled fraction of the split."""
+
+  def variant(fraction):
+    def apply(config):
+      config.active.labelled_fraction = fraction
+      return config
+    return apply
+
+  return {name: variant(fraction) for name, fraction in fractions.items()}
+
+
 def get_config_with_arg(make, arg: str | None, variants=None) -> ml_collections.ConfigDict:
   """`config_lib.get_config_with_arg` for ELN's config files ('smoke' also shrinks ELN)."""
   from ripu_jax import config_lib  # pylint: disable=g-import-not-at-top

@@ -29,16 +29,15 @@ stage returns the same metrics (zeros for terms it does not compute).
 
 from __future__ import annotations
 
-import ml_collections
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
 from ripu_jax import config_lib
 from ripu_jax import losses as ripu_losses
 from ripu_jax import models
-from ripu_jax import optim
 from ripu_jax.errors import ConfigError
 from ripu_jax.image_ops import upsample_logits
 from ripu_jax.methods.eln import losses
@@ -86,6 +85,19 @@ def ema_teacher(state: TrainState, eln: ml_collections.ConfigDict) -> None:
   weight = jnp.float32(1.0 - eln.teacher_decay)
   for part in ("backbone", "head"):
     _blend(getattr(state.teacher, part), getattr(state.model, part), weight, kinds)
+
+
+def build_eln(config: ml_collections.ConfigDict) -> ErrorLocalizationNet:
+  """The config's ELN (eln.network), its backbone from ImageNet weights when eln.pretrained
+  names them (stem and projection shortcuts stay random, as the release)."""
+  network = ErrorLocalizationNet(config_lib.num_classes(config),
+                                 rngs=nnx.Rngs(config.seed + 2), dtype=config.model.dtype,
+                                 **config.eln.network.to_dict())
+  if config.eln.pretrained:
+    models.load_torchvision_weights(network.backbone,
+                                    models.load_torchvision_npz(config.eln.pretrained),
+                                    keep_random=ELN_RANDOM_KEYS)
+  return network
 
 
 def eval_view(module: nnx.Module) -> nnx.Module:
@@ -154,12 +166,7 @@ class ElnObjective(Objective):
     teacher = models.build_model(config.model.name, num_classes,
                                  rngs=nnx.Rngs(config.seed + 1), dtype=config.model.dtype,
                                  **kwargs)
-    network = ErrorLocalizationNet(num_classes, rngs=nnx.Rngs(config.seed + 2),
-                                   dtype=config.model.dtype, **eln.network.to_dict())
-    if eln.pretrained:
-      models.load_torchvision_weights(network.backbone,
-                                      models.load_torchvision_npz(eln.pretrained),
-                                      keep_random=ELN_RANDOM_KEYS)
+    network = build_eln(config)
     return TrainState(model, optimizer_for(model, config.optim), teacher=teacher,
                       eln=network,
                       eln_optimizer=optimizer_for(network, eln_optimizer_config(eln)))
