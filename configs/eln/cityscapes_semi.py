@@ -44,4 +44,5 @@ def cityscapes_config(fraction: float = 0.125) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-  return eln_config.get_config_with_arg(cityscapes_config, arg, eln_config.fraction_variants(FRACTIONS))
+  return eln_config.get_config_with_arg(cityscapes_config, arg,
+                                        eln_config.fraction_variants(FRACTIONS))

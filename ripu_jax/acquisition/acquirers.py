@@ -17,7 +17,8 @@ batches and a prediction function returning the named outputs of a network of th
 state (the model, or an extra network such as a selector) on device. Built-in
 members: "ra" and "pa" (RIPU's greedy rounds over a registered strategy), "all" (every
 target pixel labelled from the start: the supervised upper bound), "split" (whole images
-labelled from the start: the semi-supervised setting) and "none" (no target labels). Register more with `@ACQUIRERS.register("name")` on a subclass of `Acquirer`.
+labelled from the start: the semi-supervised setting) and "none" (no target labels).
+Register more with `@ACQUIRERS.register("name")` on a subclass of `Acquirer`.
 """
 
 from __future__ import annotations

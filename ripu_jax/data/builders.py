@@ -5,7 +5,8 @@ dataset's stored label space, 255 = ignore, PNG) and "name" (the original image 
 VOC aug: the VOC id), written as ArrayRecord for random access. Records keep the sorted order
 of the source files (shuffling belongs to the input pipeline), which lets the per-split
 metadata (`metadata.json`) index images by position: for each image a bit mask of the classes
-it contains and the label size, plus per-class pixel totals. The metadata is computed from the decoded labels themselves.
+it contains and the label size, plus per-class pixel totals. The metadata is computed from
+the decoded labels themselves.
 
 TFDS writes into a temporary folder and renames it only after every split was written, so an
 interrupted or failed preparation never leaves a readable dataset behind.

@@ -4,7 +4,8 @@ A small network learns, per pixel, whether the segmentation network's prediction
 self-training then learns only from the EMA teacher's pseudo labels it trusts. Importing
 this package registers the model "eln_deeplabv3plus" and the objectives "eln" (semi-supervised:
 a labelled and an unlabelled stream, split by the acquirer "split") and "ripu_eln" (an ELN
-stage after RIPU's rounds); the configs under configs/eln/ name it in `plugins`. Spec, with the release-vs-paper options:
+stage after RIPU's rounds); the configs under configs/eln/ name it in `plugins`. Spec, with
+the release-vs-paper options:
 ../shared/docs/eln-method.md.
 """
 
