@@ -3,6 +3,8 @@
 import io
 import os
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 
@@ -33,16 +35,22 @@ def _png(array, palette=False) -> bytes:
   return buffer.getvalue()
 
 
-def _png16_rgb(array: np.ndarray) -> bytes:
-  """A 16-bit RGB PNG (as SYNTHIA's labels), written independently of any decoder."""
-  height, width, _ = array.shape
+# PNG colour types by channel count: gray, gray+alpha, RGB, RGBA.
+_PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
+
+
+def _png16(array: np.ndarray) -> bytes:
+  """A 16-bit PNG of an [H, W] or [H, W, C] array (SYNTHIA's labels are 16-bit RGB), written
+  by hand so that no decoder under test also wrote it."""
+  array = array[..., None] if array.ndim == 2 else array
+  height, width, channels = array.shape
   rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
 
   def chunk(tag, payload):
     return (struct.pack(">I", len(payload)) + tag + payload +
             struct.pack(">I", zlib.crc32(tag + payload) & 0xFFFFFFFF))
 
-  header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+  header = struct.pack(">IIBBBBB", width, height, 16, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
   return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) +
           chunk(b"IEND", b""))
 
@@ -99,21 +107,28 @@ def gtav_fake(tmp_path_factory):
   return root, truth
 
 
+# SYNTHIA class ids, and ids that must become 255: 0 and 22 (unmapped), 0x0103 and 0x0F09
+# (whose low bytes alone read as the class ids 3 and 9), 0xFFFF. Keeping the high byte instead
+# (PIL, OpenCV's 8-bit modes) turns every id below 256 into 0 = ignore.
+SYNTHIA_IDS = np.array([[3, 4, 2, 21, 5, 7, 15, 9], [6, 1, 10, 17, 8, 19, 12, 11],
+                        [0, 16, 18, 20, 22, 0x0103, 0x0F09, 0xFFFF]], np.uint16)
+
+
 @pytest.fixture(scope="module")
 def synthia_fake(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("synthia_manual"))
   base = os.path.join(root, "RAND_CITYSCAPES")
-  synthia_ids = np.array([[3, 4, 2, 21, 5, 7, 15, 9], [6, 1, 10, 17, 8, 19, 12, 11],
-                          [0, 16, 18, 20, 22, 13, 14, 3]], np.uint16)
   truth = {}
   for number in range(2):
     name = f"{number:07d}.png"
     image = _rgb(6, 8)
-    ids = _id_map(6, 8, synthia_ids).astype(np.uint16)
+    ids = _id_map(6, 8, SYNTHIA_IDS)
+    # The other channels hold other plausible ids, so reading the wrong channel (OpenCV's
+    # BGR order) gives wrong train ids rather than an all-ignore label.
     instances = RNG.integers(0, 1000, (6, 8), dtype=np.uint16)
-    label = np.stack([ids, instances, np.zeros_like(ids)], axis=-1)
+    label = np.stack([ids, instances, _id_map(6, 8, SYNTHIA_IDS[::-1])], axis=-1)
     _write(os.path.join(base, "RGB", name), _png(image))
-    _write(os.path.join(base, "GT", "LABELS", name), _png16_rgb(label))
+    _write(os.path.join(base, "GT", "LABELS", name), _png16(label))
     _write(os.path.join(base, "GT", "COLOR", name), _png(_rgb(6, 8)))
     truth[name] = (image, _expected(ids, labels.SYNTHIA_LOOKUP))
   return root, truth
@@ -186,6 +201,71 @@ def test_synthia_16bit_labels_first_channel(synthia_fake, data_dir):
   _check_split(split, truth)
   stored = np.unique(np.concatenate([split.label(i).ravel() for i in range(len(split))]))
   assert set(stored) - {255} == set(labels.SYNTHIA_CLASSES)
+
+
+def _synthia_label_tree(root, payloads: dict) -> manual.FileTree:
+  for name, payload in payloads.items():
+    _write(os.path.join(root, "RAND_CITYSCAPES", "GT", "LABELS", name), payload)
+  return manual.FileTree(root)
+
+
+def test_synthia_label_decoding_is_exact_for_every_png_layout(tmp_path):
+  ids = _id_map(6, 8, SYNTHIA_IDS)
+  other = RNG.integers(0, 1 << 16, (6, 8, 3), dtype=np.uint16)
+  layouts = {"gray.png": ids, "gray_alpha.png": np.dstack([ids, other[..., 0]]),
+             "rgb.png": np.dstack([ids, other[..., :2]]), "rgba.png": np.dstack([ids, other])}
+  tree = _synthia_label_tree(str(tmp_path), {n: _png16(a) for n, a in layouts.items()})
+  for entry in tree.entries:
+    np.testing.assert_array_equal(manual.load_synthia_train_ids(tree, entry),
+                                  _expected(ids, labels.SYNTHIA_LOOKUP), err_msg=entry.name)
+
+
+def test_synthia_label_that_is_not_16_bit_or_damaged_is_named(tmp_path):
+  good = _png16(np.dstack([_id_map(6, 8, SYNTHIA_IDS)] * 3))
+  tree = _synthia_label_tree(str(tmp_path), {
+      "colour.png": _png(_rgb(6, 8)), "truncated.png": good[:60], "empty.png": b""})
+  by_name = {entry.name: entry for entry in tree.entries}
+  with pytest.raises(data.CorruptFileError, match=r"colour\.png holds uint8 .* expected a 16-bit"):
+    manual.load_synthia_train_ids(tree, by_name["colour.png"])
+  for name in ("truncated.png", "empty.png"):
+    with pytest.raises(data.CorruptFileError, match=rf"Cannot decode the label .*{name}"):
+      manual.load_synthia_train_ids(tree, by_name[name])
+
+
+# Runs in a fresh interpreter where TensorFlow is not installed as far as anything can tell
+# (imports fail and importlib.util.find_spec finds nothing, as TFDS and etils check).
+_WITHOUT_TENSORFLOW = """
+import sys
+
+class HideTensorflow:
+  def __init__(self, finder):
+    self.finder = finder
+
+  def find_spec(self, name, path=None, target=None):
+    find = getattr(self.finder, "find_spec", None)
+    if name.split(".")[0] == "tensorflow" or find is None:
+      return None
+    return find(name, path, target)
+
+  def __getattr__(self, name):
+    return getattr(self.finder, name)
+
+sys.meta_path[:] = [HideTensorflow(finder) for finder in sys.meta_path]
+from ripu_jax.data import prepare
+prepare.prepare("synthia", manual_dir=sys.argv[1], data_dir=sys.argv[2])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
+assert not loaded, loaded
+"""
+
+
+def test_synthia_prepares_without_tensorflow(synthia_fake, tmp_path):
+  """`pip install -e .` alone (no TensorFlow) prepares SYNTHIA, 16-bit labels and all."""
+  root, truth = synthia_fake
+  out = str(tmp_path / "out")
+  result = subprocess.run([sys.executable, "-c", _WITHOUT_TENSORFLOW, root, out],
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _check_split(data.open_split("synthia", "train", out), truth)
 
 
 def test_cityscapes_splits_from_zips(cityscapes_fake, data_dir):

@@ -627,18 +627,28 @@ def _decode_label_ids_pil(entry: Entry, data: bytes) -> np.ndarray:
 
 
 def _decode_png16_first_channel(entry: Entry, data: bytes) -> np.ndarray:
-  """SYNTHIA labels are 16-bit multi-channel PNGs, which PIL reduces to 8 bits."""
+  """SYNTHIA labels are 16-bit multi-channel PNGs, which PIL reduces to 8 bits; OpenCV reads
+  them exactly (in BGR order, so the PNG's first channel is OpenCV's channel 2)."""
+  import cv2  # pylint: disable=g-import-not-at-top  (only SYNTHIA needs it)
   try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError as err:
-    raise ImportError("Decoding SYNTHIA's 16-bit labels needs TensorFlow: "
-                      "pip install tensorflow-cpu") from err
-  try:
-    decoded = tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
-  except Exception as err:  # TensorFlow raises InvalidArgumentError and others.
+    # None for bytes OpenCV cannot decode; cv2.error for some (an empty file).
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  except cv2.error as err:
     raise CorruptFileError(f"Cannot decode the label {entry}: {err}. The file is damaged; "
                            "download or extract it again.") from err
-  return decoded[..., 0]
+  if decoded is None:
+    raise CorruptFileError(f"Cannot decode the label {entry}. The file is damaged; download or "
+                           "extract it again.")
+  if decoded.dtype != np.uint16:
+    raise CorruptFileError(
+        f"The label {entry} holds {decoded.dtype} values; expected a 16-bit PNG with the class "
+        "id in its first channel (SYNTHIA's GT/LABELS, not GT/COLOR).")
+  if decoded.ndim == 2:  # Grayscale.
+    return decoded
+  if decoded.ndim != 3 or decoded.shape[-1] < 3:
+    raise CorruptFileError(f"The label {entry} decodes to shape {decoded.shape}; expected "
+                           "[H, W] or [H, W, 3 or 4] ids")
+  return decoded[..., 2]  # OpenCV's BGR(A) order; gray+alpha also comes as BGRA.
 
 
 def load_cityscapes_train_ids(tree: FileTree, entry: Entry) -> np.ndarray:
@@ -652,7 +662,8 @@ def load_cityscapes_train_ids(tree: FileTree, entry: Entry) -> np.ndarray:
 
 
 def load_synthia_train_ids(tree: FileTree, entry: Entry) -> np.ndarray:
-  """[H, W] uint8 train ids (255 = ignore) of a SYNTHIA label file (16-bit, first channel)."""
+  """[H, W] uint8 train ids (255 = ignore) of a SYNTHIA label file (16-bit PNG, class id in
+  the first channel)."""
   data = tree.read(entry)
   return labels_lib.to_train_ids(_decode_png16_first_channel(entry, data),
                                  labels_lib.SYNTHIA_LOOKUP)
