@@ -20,6 +20,7 @@ from ripu_jax import optim
 from ripu_jax import workdir
 from ripu_jax.acquisition import scores as acquisition_scores
 from ripu_jax.acquisition.acquirers import ACQUIRERS
+from ripu_jax.annotations import ORACLES
 from ripu_jax.data import catalog
 from ripu_jax.data import labels as labels_lib
 from ripu_jax.errors import ConfigError
@@ -97,6 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.active.round_steps = (10_000, 12_000, 14_000, 16_000, 18_000)
   config.active.batch_size = 2  # target images scored per selection batch
   config.active.num_overlays = 4  # pictures per round under workdir/rounds/<r>/overlays
+  # Who answers the queries: "ground_truth" (the dataset's labels) or "annotators" (after each
+  # round the run writes labelling tasks and stops; see ripu_jax.annotations).
+  config.active.oracle = "ground_truth"
   # "split" (semi-supervised): whole images labelled before training, those a list file
   # names (one per line) or a seeded fraction of the pool.
   config.active.labelled_list = ""
@@ -280,6 +284,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.acquisition.impl in acquisition_scores.IMPLS,
          f"acquisition.impl must be one of {acquisition_scores.IMPLS}, got "
          f"{config.acquisition.impl!r}")
+  _check(config.active.oracle in ORACLES,
+         f"active.oracle must be one of {ORACLES}, got {config.active.oracle!r}")
   _check(config.active.num_overlays >= 0,
          f"active.num_overlays must be >= 0, got {config.active.num_overlays}")
   optim_config = config.optim

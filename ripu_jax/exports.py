@@ -24,14 +24,14 @@ def round_dir(workdir: str, round_number: int) -> str:
   return os.path.join(workdir, "rounds", str(round_number))
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
   return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
 def save_mask(directory: str, name: str, mask: np.ndarray) -> None:
   os.makedirs(directory, exist_ok=True)
   Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(
-      os.path.join(directory, _safe_name(name) + ".png"))
+      os.path.join(directory, safe_name(name) + ".png"))
 
 
 def save_overlay(path: str, image: np.ndarray, prediction: np.ndarray, score: np.ndarray,

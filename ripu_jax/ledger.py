@@ -12,6 +12,12 @@ budget, the ledger is what checkpoints save and what the input pipeline reads
 (`ledger.labeled_masks`): spent budget can be neither lost nor spent twice, because a round
 already recorded for an image cannot be recorded again, a pick on an excluded pixel is
 refused and a mask or frame over labelled pixels is refused.
+
+Answers: where labels come from people rather than from the dataset (`active.oracle =
+"annotators"`), the ledger also keeps the labels bought, per round and image: the class ids
+on exactly the pixels that round bought (`round_mask`), 255 where an annotator could not tell.
+A round without answers is *pending*; `bought_labels[i]` is image i's label from the answers
+alone (255 elsewhere), which the input pipeline reads instead of the dataset's labels.
 """
 
 from __future__ import annotations
@@ -58,6 +64,19 @@ class LabeledMasks:
     return self._ledger.labeled_mask(index)
 
 
+class BoughtLabels:
+  """Read-only sequence view: `labels[i]` -> uint8 [H, W], the answers bought for image i."""
+
+  def __init__(self, ledger: "LabelLedger"):
+    self._ledger = ledger
+
+  def __len__(self) -> int:
+    return self._ledger.num_images
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return self._ledger.bought_label(index)
+
+
 class LabelLedger:
   """Picks per target image and round, with the masks they imply.
 
@@ -79,6 +98,9 @@ class LabelLedger:
     # Per image: (round, sorted flat pixel indices) of each mask; rounds of whole frames.
     self._masks: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(self.num_images)]
     self._frames: list[list[int]] = [[] for _ in range(self.num_images)]
+    # Per image: round -> (sorted flat pixel indices, uint8 class ids) of the answers.
+    self._answers: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [
+        {} for _ in range(self.num_images)]
 
   @property
   def num_images(self) -> int:
@@ -88,26 +110,88 @@ class LabelLedger:
     height, width = self.label_shapes[index]
     return int(height), int(width)
 
-  def image_picks(self, index: int) -> np.ndarray:
-    """int32 [N, 2] (row, col) of every pick on image `index`, all rounds."""
-    picks = [p for _, p in self._picks[index]]
+  def image_picks(self, index: int, upto: int | None = None) -> np.ndarray:
+    """int32 [N, 2] (row, col) of every pick on image `index`, all rounds or rounds <= upto."""
+    picks = [p for r, p in self._picks[index] if upto is None or r <= upto]
     return np.concatenate(picks) if picks else np.zeros((0, 2), np.int32)
 
-  def _bought_mask(self, index: int) -> np.ndarray:
+  def _bought_mask(self, index: int, upto: int | None = None) -> np.ndarray:
     """bool [H, W]: pixels bought as masks or whole frames (not squares)."""
     shape = self._shape(index)
-    if self._frames[index]:
+    if any(upto is None or r <= upto for r in self._frames[index]):
       return np.ones(shape, bool)
     mask = np.zeros(shape, bool)
-    for _, pixels in self._masks[index]:
-      mask.flat[pixels] = True
+    for r, pixels in self._masks[index]:
+      if upto is None or r <= upto:
+        mask.flat[pixels] = True
     return mask
 
-  def labeled_mask(self, index: int) -> np.ndarray:
-    squares = square_union(self._shape(index), self.image_picks(index), self.label_radius)
+  def labeled_mask(self, index: int, upto: int | None = None) -> np.ndarray:
+    """bool [H, W]: pixels labelled by all rounds, or by the rounds numbered <= upto."""
+    squares = square_union(self._shape(index), self.image_picks(index, upto), self.label_radius)
     if self._masks[index] or self._frames[index]:
-      squares |= self._bought_mask(index)
+      squares |= self._bought_mask(index, upto)
     return squares
+
+  def round_mask(self, round_index: int, image_index: int) -> np.ndarray:
+    """bool [H, W]: the pixels of image `image_index` that round `round_index` bought (labelled
+    after it, not before it): what an annotator is asked to label."""
+    if round_index not in self.rounds_of(image_index):
+      raise ValueError(f"round {round_index} is not recorded for image {image_index}")
+    earlier = [r for r in self.rounds_of(image_index) if r < round_index]
+    mask = self.labeled_mask(image_index, upto=round_index)
+    if earlier:
+      mask &= ~self.labeled_mask(image_index, upto=max(earlier))
+    return mask
+
+  # ------------------------------------------------------------------ answers
+
+  def record_answers(self, round_index: int, image_index: int, pixels: np.ndarray,
+                     values: np.ndarray) -> None:
+    """Stores the labels bought in one round for one image: class ids `values` (uint8, 255 =
+    cannot tell) on the flat pixel indices `pixels`, which must be that round's pixels."""
+    image_index = int(image_index)
+    if round_index in self._answers[image_index]:
+      raise ValueError(f"round {round_index}'s labels for image {image_index} are already "
+                       "recorded; labels are bought once")
+    expected = np.flatnonzero(self.round_mask(round_index, image_index))
+    pixels = np.asarray(pixels, np.int64).ravel()
+    values = np.asarray(values).ravel()
+    if not np.array_equal(pixels, expected):
+      raise ValueError(
+          f"the labels for image {image_index} of round {round_index} cover {len(pixels)} "
+          f"pixels, but the round bought {len(expected)} others; they belong to another query")
+    if values.shape != pixels.shape or values.dtype != np.uint8:
+      raise ValueError(f"need one uint8 class id per pixel, got {values.dtype} {values.shape} "
+                       f"for {len(pixels)} pixels")
+    self._answers[image_index][int(round_index)] = (pixels.astype(np.int32), values.copy())
+
+  def has_answers(self, round_index: int, image_index: int) -> bool:
+    return round_index in self._answers[int(image_index)]
+
+  def answers(self, round_index: int, image_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat pixel indices, uint8 class ids) bought in one round for one image."""
+    return self._answers[int(image_index)][round_index]
+
+  def pending(self) -> dict[int, list[int]]:
+    """round -> images whose labels for that round have not been recorded yet."""
+    waiting: dict[int, list[int]] = {}
+    for index in range(self.num_images):
+      for round_index in self.rounds_of(index):
+        if round_index not in self._answers[index]:
+          waiting.setdefault(round_index, []).append(index)
+    return dict(sorted(waiting.items()))
+
+  def bought_label(self, index: int) -> np.ndarray:
+    """uint8 [H, W]: image `index`'s answers of every round, 255 where nothing was bought."""
+    label = np.full(self._shape(index), 255, np.uint8)
+    for pixels, values in self._answers[index].values():
+      label.flat[pixels] = values
+    return label
+
+  @property
+  def bought_labels(self) -> BoughtLabels:
+    return BoughtLabels(self)
 
   def excluded_mask(self, index: int) -> np.ndarray:
     excluded = square_union(self._shape(index), self.image_picks(index), self.suppress_radius)
@@ -221,12 +305,23 @@ class LabelLedger:
         offset += len(pixels)
     pixels = [p for image in self._masks for _, p in image]
     frames = [(r, i) for i, rounds in enumerate(self._frames) for r in rounds]
+    answer_records, offset = [], 0
+    for i, image in enumerate(self._answers):
+      for r, (answered_pixels, _) in sorted(image.items()):
+        answer_records.append((r, i, offset, offset + len(answered_pixels)))
+        offset += len(answered_pixels)
+    answered = [image[r] for image in self._answers for r in sorted(image)]
     return {"picks": np.concatenate([header, self.picks]),
             "records": np.concatenate([np.full((1, 2), -1, np.int32), records]),
             "label_shapes": self.label_shapes.astype(np.int32),
             "mask_records": np.array([(-1, -1, 0, 0)] + mask_records, np.int32),
             "mask_pixels": np.concatenate([np.full(1, -1, np.int32)] + pixels),
-            "frames": np.array([(-1, -1)] + frames, np.int32)}
+            "frames": np.array([(-1, -1)] + frames, np.int32),
+            "answer_records": np.array([(-1, -1, 0, 0)] + answer_records, np.int32),
+            "answer_pixels": np.concatenate([np.full(1, -1, np.int32)]
+                                            + [p for p, _ in answered]),
+            "answer_values": np.concatenate([np.full(1, 255, np.uint8)]
+                                            + [v for _, v in answered])}
 
   @classmethod
   def from_state(cls, state: dict[str, np.ndarray]) -> "LabelLedger":
@@ -244,6 +339,12 @@ class LabelLedger:
         ledger._masks[image_index].append((int(round_index), pixels[start:stop].copy()))
       for round_index, image_index in np.asarray(state["frames"])[1:]:
         ledger._frames[image_index].append(int(round_index))
+    if "answer_records" in state:  # and before answers existed, neither these
+      pixels = np.asarray(state["answer_pixels"], np.int32)[1:]
+      values = np.asarray(state["answer_values"], np.uint8)[1:]
+      for round_index, image_index, start, stop in np.asarray(state["answer_records"])[1:]:
+        ledger._answers[image_index][int(round_index)] = (pixels[start:stop].copy(),
+                                                          values[start:stop].copy())
     return ledger
 
   def __eq__(self, other) -> bool:

@@ -11,14 +11,21 @@ it identically (seeded data order, restored iterators, deterministic selection, 
 metrics summed since the last log step).
 
 workdir layout: checkpoints/, metrics.jsonl, tensorboard/, rounds/<r>/ (see
-`ripu_jax.exports`), config.json.
+`ripu_jax.exports`), config.json, progress.png (`ripu_jax.report`).
+
+With `active.oracle = "annotators"` the labels of a round come from people: the run saves,
+writes the round's labelling tasks and stops (`LabelsNeeded`, reported, not raised, by
+`train_and_evaluate`); a rerun takes the imported answers into the ledger and trains on from
+the checkpoint taken at the round (`ripu_jax.annotations`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import sys
 from collections.abc import Mapping
 
 import jax
@@ -29,6 +36,7 @@ from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
+from ripu_jax import annotations
 from ripu_jax import config_lib
 from ripu_jax import evaluation
 from ripu_jax import exports
@@ -38,6 +46,7 @@ from ripu_jax import models
 from ripu_jax import objectives
 from ripu_jax import optim
 from ripu_jax import registry
+from ripu_jax import report
 from ripu_jax import sharding
 from ripu_jax import workdir as workdir_lib
 from ripu_jax.acquisition.acquirers import ACQUIRERS, RoundPool, RoundResult
@@ -177,6 +186,7 @@ class Trainer:
     self.log = MetricsLog(self.workdir, resume_step=self.step)
     if start_result is not None:
       self._export_round(0, start_result)
+    self._take_answers()
     self.evaluated_steps = {r["step"] for r in read_metrics(self.workdir)
                             if r.get("kind") == "eval"}
     self._build_loaders(progress.get("iterators", {}))
@@ -252,9 +262,11 @@ class Trainer:
               f"train.objective {config.train.objective!r} reads {domain} target images, "
               "but the label ledger leaves none; check active.labelled_fraction / "
               "active.labelled_list")
+      bought = self.ledger.bought_labels if self._annotated else None
       self.loaders[domain] = pipeline.target_train_loader(
           splits.target_train, self.ledger.labeled_masks, image_size=tuple(data.target_size),
-          seed=seed, label_map=self.label_maps["target"], indices=indices, **options)
+          seed=seed, label_map=self.label_maps["target"], indices=indices,
+          bought_labels=bought, **options)
     for name, loader in self.loaders.items():
       self.iterators[name] = (pipeline.restore_iterator(loader, states[name].encode())
                               if name in states else iter(loader))
@@ -310,6 +322,7 @@ class Trainer:
     summary = evaluation.summarize(confusion, class_sets, self.label_space.class_names)
     summary["labelled_fraction"] = self.ledger.labeled_fraction()
     self.log.write(self.step, "eval", summary)
+    self._draw_progress()
     self.evaluated_steps.add(self.step)
     self.did_work = True
     extra = "".join(f", {name} {summary[name]:.1f}" for name in class_sets if name != "miou")
@@ -317,6 +330,11 @@ class Trainer:
                f"labelled {summary['labelled_fraction']:.2%} of target train pixels")
     hooks_lib.call(self.hooks, "after_eval", self, summary)
     return summary
+
+  def _draw_progress(self) -> None:
+    """Redraws workdir/progress.png (once, on process 0); a failed picture is only logged."""
+    if jax.process_index() == 0:
+      report.update_progress_plot(self.workdir)
 
   # ------------------------------------------------------------------ selection
 
@@ -371,9 +389,17 @@ class Trainer:
     exports.write_picks(out, round_number=round_number, step=self.step,
                         strategy=result.strategy, kind=active.kind,
                         label_radius=result.label_radius, images=records)
+    if self._annotated:
+      split = self.splits.target_train
+      queries = [annotations.Query(image.index, image.name,
+                                   self.ledger.round_mask(round_number, image.index))
+                 for image in result.images]
+      annotations.export_tasks(out, round_number, queries, lambda i: split[i]["image"],
+                               self.label_space, _rerun_command(self.workdir))
     fraction = self.ledger.labeled_fraction()
     self.log.write(self.step, "round", {"round": round_number, "picks": result.count,
                                         "labelled_fraction": fraction})
+    self._draw_progress()
     how = f" with {result.strategy!r}" if result.strategy else ""
     if round_number == 0:
       tqdm.write(f"labelled {result.count} {result.unit} before training; labelled "
@@ -382,6 +408,56 @@ class Trainer:
     tqdm.write(f"step {self.step}: round {round_number}/{len(self.acquirer.round_steps)} picked "
                f"{result.count} {result.unit}{how}; labelled {fraction:.2%} of target train "
                f"pixels (exported to {out})")
+
+  # ------------------------------------------------------------------ annotators
+
+  @property
+  def _annotated(self) -> bool:
+    return self.config.active.oracle == "annotators"
+
+  def _take_answers(self) -> None:
+    """Records the imported answers of every round that waits for them (importing
+    rounds/<r>/labels/ first if the annotators left their PNGs there)."""
+    if not self._annotated:
+      return
+    for round_number, images in self.ledger.pending().items():
+      answers = annotations.load_answers(self.workdir, round_number)
+      folder = os.path.join(exports.round_dir(self.workdir, round_number),
+                            annotations.LABELS_DIR)
+      if answers is None and os.path.isdir(folder) and os.listdir(folder):
+        answers, report = annotations.read_answers(self.workdir, round_number, folder)
+        annotations.write_answers(self.workdir, round_number, answers)
+        tqdm.write(annotations.describe(report, round_number))
+      if answers is None:
+        continue
+      try:
+        for index in images:
+          if index not in answers:
+            raise ValueError(f"it has no labels for image {index}")
+          self.ledger.record_answers(round_number, index, *answers[index])
+      except ValueError as error:
+        raise annotations.AnnotationError(
+            f"the imported labels of round {round_number} do not fit the run's query: "
+            f"{error}. Import the round again from its label files") from None
+      tqdm.write(f"took the annotators' labels of round {round_number} ({len(images)} images)")
+
+  def _await_labels(self) -> None:
+    """Stops the run (after a checkpoint) while a recorded round has no answers."""
+    if not self._annotated:
+      return
+    pending = self.ledger.pending()
+    if not pending:
+      return
+    if self.checkpoints.latest_step() != self.step:
+      self._save()
+    lines = ["waiting for labels from annotators; the run stopped after saving step "
+             f"{self.step}."]
+    for round_number in pending:
+      readme = os.path.join(exports.round_dir(self.workdir, round_number),
+                            annotations.TASKS_DIR, "README.txt")
+      with open(readme) as f:
+        lines.append(f.read().rstrip())
+    raise annotations.LabelsNeeded("\n".join(lines))
 
   # ------------------------------------------------------------------ training
 
@@ -433,6 +509,7 @@ class Trainer:
     bar = self._bar(total=config.num_steps, initial=self.step, desc="train")
     try:
       while True:
+        self._await_labels()
         round_number = self._round_due()
         if round_number is not None:
           if self.step not in self.evaluated_steps:
@@ -494,6 +571,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   trainer = Trainer(config, workdir, allow_config_change=allow_config_change)
   try:
     summary = trainer.run()
+  except annotations.LabelsNeeded as waiting:
+    trainer.close()
+    print(waiting, flush=True)
+    return None
   except KeyboardInterrupt:
     # Interrupted, maybe inside a save: waiting on the checkpoint manager could block for
     # good. The last committed checkpoint is intact; a rerun resumes from it.
@@ -509,3 +590,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       json.dump({"step": trainer.step, **(summary or {})}, f, indent=1)
     os.replace(path + ".tmp", path)
   return summary
+
+
+def _rerun_command(workdir: str) -> str:
+  """The command line that continues this run (this process's own, when run from main)."""
+  if sys.argv and sys.argv[0].endswith(os.path.join("ripu_jax", "main.py")):
+    return "python -m ripu_jax.main " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+  return f"the training command again, with the workdir {workdir}"

@@ -284,3 +284,54 @@ def test_bad_arguments_say_what_is_allowed(capsys):
   assert "--seeds must be comma-separated integers" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.parse_args(["--workdir", "x", "--adapt-steps", "3"])
+
+
+def markdown_rows(text, name_header):
+  """{row name: {header: cell}} of the first markdown table in text."""
+  lines = [line for line in text.splitlines() if line.startswith("| ")]
+  header = [cell.strip() for cell in lines[0].strip("| ").split(" | ")]
+  rows = [dict(zip(header, (cell.strip() for cell in line.strip("| ").split(" | "))))
+          for line in lines[1:]]
+  return {row[name_header]: row for row in rows}
+
+
+def test_the_table_is_the_report_commands_grouped_table(tmp_path, capsys):
+  # Run folders as the comparison leaves them: config.json and run.json; one setting also with
+  # the trainer's metrics.jsonl and final.json.
+  from ripu_jax import report  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "compare")
+  mious = {"source_only": [20.0, 24.0, 25.0], "ripu_ra_2.2": [40.0, 45.0, 47.0],
+           "full": [60.0, 61.0, 65.0]}
+  results = []
+  for seed in range(3):
+    for name, values in mious.items():
+      run = fake_run(name, seed, values[seed], 0.0 if name == "source_only" else 0.023,
+                     person=None if seed == 1 else 5.0 * seed)
+      folder = compare.run_dir(workdir, seed, name)
+      os.makedirs(folder)
+      with open(os.path.join(folder, train.CONFIG_FILE), "w") as f:
+        json.dump({"seed": seed, "num_steps": 10}, f)
+      with open(os.path.join(folder, compare.RESULT_FILE), "w") as f:
+        json.dump(run, f)
+      if name == "ripu_ra_2.2":
+        evaluation = {"step": 10, "miou": run["miou"], "iou": run["iou"],
+                      "labelled_fraction": run["labelled_fraction"]}
+        with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+          f.write(json.dumps({"kind": "eval", **evaluation}) + "\n")
+        with open(os.path.join(folder, "final.json"), "w") as f:
+          json.dump(evaluation, f)
+      results.append(run)
+  compare.write_outputs(results, workdir)
+  table = open(os.path.join(workdir, "results.md")).read()
+  folders = [compare.run_dir(workdir, seed, name) for seed in range(3) for name in mious]
+  report.main(["--workdir", *folders, "--group", "name", "--classes",
+               ",".join(compare.RARE_CLASSES), "--out", str(tmp_path / "report")])
+  printed = capsys.readouterr().out
+  ours, theirs = markdown_rows(table, "setting"), markdown_rows(printed, "run")
+  assert list(ours) == ["source_only", "ripu_ra_2.2", "full"] and set(theirs) == set(ours)
+  for name, row in ours.items():
+    for header in ("labelled", "mIoU", "min per run") + compare.RARE_CLASSES:
+      assert theirs[name][header] == row[header], (name, header)
+    assert theirs[name]["runs"] == row["seeds"] == "3"
+  assert ours["ripu_ra_2.2"]["mIoU"] == "44.0 ± 3.6"
+  assert "Domain gap (full supervision - source only): 39.0 mIoU points." in table

@@ -69,6 +69,9 @@ through `labeled_masks[index]` -> bool [H, W] at the label's full resolution. Wi
 `worker_count=0` reads are live; with worker processes each worker holds a copy taken when the
 iterator starts, so after a selection round continue with
 `restore_iterator(loader, iterator.get_state())`, which starts workers with the updated masks.
+Where labels come from annotators rather than the dataset, `target_train_loader` takes
+`bought_labels[index]` -> uint8 [H, W] (the ledger's answers, already in the run's label space,
+255 elsewhere) and never reads the split's labels; everything after the decode is the same.
 """
 
 from __future__ import annotations
@@ -500,11 +503,12 @@ class _DecodeResize(grain.transforms.Map):
   def __init__(self, image_size, label_size, *, with_label: bool = True,
                labeled_masks: LabeledMasks | None = None, split=None,
                label_map: np.ndarray | None = None, features: Mapping[str, str] | None = None,
-               with_label_size: bool = False):
+               with_label_size: bool = False, bought_labels: Sequence | None = None):
     self._image_size = image_size
     self._label_size = label_size
     self._with_label = with_label
     self._labeled_masks = labeled_masks
+    self._bought_labels = bought_labels
     self._split = split
     self._label_map = label_map
     self._features = dict(features or {})
@@ -517,12 +521,15 @@ class _DecodeResize(grain.transforms.Map):
     if image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f"example {name!r}: expected an RGB image, got shape {image.shape}")
     out["image"] = resize_image(image, self._image_size)
-    if self._with_label:
+    if self._with_label and self._bought_labels is not None:
+      label = np.asarray(self._bought_labels[int(element["index"])], np.uint8)
+    elif self._with_label:
       label = reader.decode_png(element["label"])
       if label.ndim == 3:
         label = label[..., 0]
       if self._label_map is not None:
         label = self._label_map[label]
+    if self._with_label:
       if self._labeled_masks is not None:
         label = self._mask(label, int(element["index"]), name)
       grid = label.shape
@@ -764,9 +771,10 @@ def _check_crop(crop_size, image_size, label_size) -> tuple[int, int] | None:
 
 def _training_operations(image_size, label_size, flip: bool, batch_size: int,
                          labeled_masks=None, label_map=None, features=None, crop_size=None,
-                         strong_view: bool = False) -> list:
+                         strong_view: bool = False, bought_labels=None) -> list:
   operations = [_DecodeResize(image_size, label_size or image_size, labeled_masks=labeled_masks,
-                              label_map=label_map, features=features)]
+                              label_map=label_map, features=features,
+                              bought_labels=bought_labels)]
   if crop_size is not None:
     operations.append(_RandomCrop(crop_size, features))
   if flip:
@@ -840,8 +848,8 @@ def target_train_loader(split, labeled_masks: LabeledMasks, *, batch_size: int,
                         label_map: np.ndarray | None = None,
                         features: Mapping[str, str] | Sequence[str] | None = None,
                         indices: Sequence[int] | None = None,
-                        crop_size: tuple[int, int] | None = None, strong_view: bool = False
-                        ) -> grain.DataLoader:
+                        crop_size: tuple[int, int] | None = None, strong_view: bool = False,
+                        bought_labels: Sequence | None = None) -> grain.DataLoader:
   """Endless shuffled batches {"image", "label", "index", <features>} of the target pool.
 
   Labels keep the ground truth only where `labeled_masks[index]` is True (255 elsewhere); the
@@ -854,11 +862,17 @@ def target_train_loader(split, labeled_masks: LabeledMasks, *, batch_size: int,
     indices: sample only these images of the split (shuffled endless epochs over the subset;
       their order does not matter); "index" stays the position in the whole split. None: all
       images. Empty, repeated or out-of-range indices raise ValueError.
+    bought_labels: `bought_labels[i]` -> uint8 [H, W], image i's labels in the run's space from
+      annotators (255 where none); read instead of the split's labels (then `label_map` is not
+      applied: the labels are already in the run's space). None: the split's labels.
     batch_size, image_size, label_size, flip, seed, worker_count, worker_buffer_size,
     shard_options, label_map, features, crop_size, strong_view: as in `source_train_loader`.
   """
   if len(labeled_masks) != len(split):
     raise ValueError(f"labeled_masks has {len(labeled_masks)} entries but the split has "
+                     f"{len(split)} images")
+  if bought_labels is not None and len(bought_labels) != len(split):
+    raise ValueError(f"bought_labels has {len(bought_labels)} entries but the split has "
                      f"{len(split)} images")
   image_size = _check_size(image_size, "image_size")
   label_size = _check_size(label_size, "label_size")
@@ -874,7 +888,8 @@ def target_train_loader(split, labeled_masks: LabeledMasks, *, batch_size: int,
   return _loader(source, sampler,
                  _training_operations(image_size, label_size, flip, batch_size, labeled_masks,
                                       label_map=label_map, features=features,
-                                      crop_size=crop_size, strong_view=strong_view),
+                                      crop_size=crop_size, strong_view=strong_view,
+                                      bought_labels=bought_labels),
                  worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                  shard_options=shard_options, batch_size=batch_size)
 

@@ -47,7 +47,10 @@ fields removed from the config, new fields left at their default). Otherwise the
 benchmark runs (benchmarks/compare_strategies/runs) would be refused after every such change.
 
 Outputs: `results.json` (every run), `results.md` (mean +- std mIoU per setting, rare
-classes' IoU, wall clock) and `miou_vs_budget.png` (mIoU against labelled fraction).
+classes' IoU, wall clock) and `miou_vs_budget.png` (mIoU against labelled fraction). The table
+and the plot are `ripu_jax.report`'s over the run folders, grouped by setting (what
+`python -m ripu_jax.report --workdir WORKDIR/seed*/* --group name` shows), with the
+comparison's labels, budgets, setting order, rare classes and domain gap added.
 """
 
 from __future__ import annotations
@@ -59,14 +62,14 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
+from ripu_jax import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.py")  # the network and data of every run
 SEMI_CONFIG = os.path.join(ROOT, "configs", "eln", "demo_semi.py")  # ELN's semi-supervised runs
 
 RARE_CLASSES = ("pole", "traffic light", "traffic sign", "person", "bicycle")
-RESULT_FILE = "run.json"  # written by run_setting when a run has finished
+RESULT_FILE = report.RUN_FILE  # run.json, written by run_setting when a run has finished
 SOURCE_ONLY = "source_only"
 ROUNDS = 5  # selection rounds of every active setting, in the first half of its steps
 DEFAULT_STEPS = (600, 600)  # (source-only steps, steps of every other setting)
@@ -331,29 +334,30 @@ def ensure_source_model(seed: int, workdir: str, **config_kwargs) -> None:
           "exactly, so runs started from the new model mix with older ones", flush=True)
 
 
-def _mean_std(values) -> tuple[float, float]:
-  values = np.asarray([v for v in values if v is not None], np.float64)
-  if values.size == 0:
-    return float("nan"), float("nan")
-  return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+def _setting_of(run: dict) -> str:
+  """A run's setting: run.json's "setting", or its folder's name (report.load_run's record)."""
+  return run["setting"] if "setting" in run else run["name"]
 
 
-def summarize(results: list[dict]) -> list[dict]:
-  """One row per setting (in SETTINGS order): mean and sample std over seeds."""
-  rows = []
-  for setting in SETTINGS:
-    runs = [r for r in results if r["setting"] == setting.name]
-    if not runs:
-      continue
-    miou, miou_std = _mean_std(r["miou"] for r in runs)
-    rows.append({
-        "setting": setting.name, "label": setting.label, "budget": setting.budget,
-        "seeds": sorted(r["seed"] for r in runs), "miou": miou, "miou_std": miou_std,
-        "labelled_fraction": float(np.mean([r["labelled_fraction"] for r in runs])),
-        "rare_iou": {c: _mean_std(r["iou"].get(c) for r in runs) for c in RARE_CLASSES},
-        "seconds": float(np.mean([r["seconds"] for r in runs])),
-    })
+def summarize(runs: list[dict]) -> list[dict]:
+  """One row per setting (in SETTINGS order): mean and sample std over seeds.
+
+  `runs`: report.load_run's records of the run folders (or run.json's results). The rows are
+  report.summarize's, grouped by setting, with the comparison's fields added: setting, label,
+  budget and rare_iou ({rare class: (mean, std)}).
+  """
+  rows = report.summarize(runs, group=_setting_of, order=[s.name for s in SETTINGS])
+  rows = [row for row in rows if row["name"] in SETTINGS_BY_NAME]
+  for row in rows:
+    setting = SETTINGS_BY_NAME[row["name"]]
+    row.update(setting=setting.name, label=setting.label, budget=setting.budget,
+               rare_iou={c: row["iou"].get(c, (float("nan"),) * 2) for c in RARE_CLASSES})
   return rows
+
+
+# The fields of a row that results.json keeps (the run records stay in its "runs").
+SUMMARY_FIELDS = ("setting", "label", "budget", "seeds", "miou", "miou_std",
+                  "labelled_fraction", "rare_iou", "seconds")
 
 
 def domain_gap(rows: list[dict]) -> float | None:
@@ -364,26 +368,26 @@ def domain_gap(rows: list[dict]) -> float | None:
   return None
 
 
-def _pm(mean: float, std: float) -> str:
-  return "n/a" if np.isnan(mean) else f"{mean:.1f} ± {std:.1f}"
+def table_columns() -> list[report.Column]:
+  """report's columns as the comparison shows them: its labels and budgets, the rare classes."""
+  return ([("setting", lambda row: row["setting"]), ("strategy", lambda row: row["label"]),
+           ("budget", lambda row: row["budget"]), ("labelled", report.labelled_cell),
+           ("mIoU", report.miou_cell)] +
+          [report.class_column(name) for name in RARE_CLASSES] +
+          [("seeds", report.count_cell), ("min per run", report.minutes_cell)])
 
 
 def format_table(rows: list[dict]) -> str:
   """Markdown table: mIoU and the rare classes' IoU as mean ± sample std over seeds."""
-  header = (["setting", "strategy", "budget", "labelled", "mIoU"] + list(RARE_CLASSES) +
-            ["seeds", "min per run"])
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for row in rows:
-    cells = [row["setting"], row["label"], row["budget"], f"{row['labelled_fraction']:.3%}",
-             _pm(row["miou"], row["miou_std"])]
-    cells += [_pm(*row["rare_iou"][c]) for c in RARE_CLASSES]
-    cells += [str(len(row["seeds"])), f"{row['seconds'] / 60:.1f}"]
-    lines.append("| " + " | ".join(cells) + " |")
   gap = domain_gap(rows)
-  if gap is not None:
-    lines.append("")
-    lines.append(f"Domain gap (full supervision - source only): {gap:.1f} mIoU points.")
-  return "\n".join(lines) + "\n"
+  footer = (f"Domain gap (full supervision - source only): {gap:.1f} mIoU points."
+            if gap is not None else "")
+  return report.format_table(rows, table_columns(), footer=footer)
+
+
+# The bounds: horizontal lines (colour, style) with a ± std band, not points on the budget axis.
+BOUNDS = {SOURCE_ONLY: ("tab:gray", "--"), "full": ("black", ":"),
+          "full_source": ("black", "-.")}
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -392,59 +396,28 @@ def plot(rows: list[dict], path: str) -> None:
   Right: the strategies that share the most common budget side by side (bars), since their
   points sit on top of each other in the left panel.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110,
-                                    gridspec_kw={"width_ratios": [3, 2]})
-  bounds = {SOURCE_ONLY: ("tab:gray", "--"), "full": ("black", ":"),
-            "full_source": ("black", "-.")}
-  strategies = [r for r in rows if r["setting"] not in bounds]
-  labels = list(dict.fromkeys(r["label"] for r in strategies))
-  palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
-  colours = {label: palette(number % palette.N) for number, label in enumerate(labels)}
-  for number, label in enumerate(labels):
-    points = sorted((r for r in strategies if r["label"] == label),
-                    key=lambda r: r["labelled_fraction"])
-    left.errorbar([100 * r["labelled_fraction"] for r in points], [r["miou"] for r in points],
-                  yerr=[r["miou_std"] for r in points], marker="osD^v<>pP*"[number % 10],
-                  capsize=3, label=label, color=colours[label],
-                  linewidth=2.0 if label.startswith("RIPU") else 1.0)
-  for axis in (left, right):
-    for row in rows:
-      if row["setting"] in bounds:
-        colour, style = bounds[row["setting"]]
-        axis.axhline(row["miou"], color=colour, linestyle=style, label=row["label"])
-        axis.axhspan(row["miou"] - row["miou_std"], row["miou"] + row["miou_std"],
-                     color=colour, alpha=0.12)
-  left.set_xscale("log")
-  left.set_xlabel("labelled target pixels (%, log scale)")
-  left.set_ylabel("mIoU on target val (%)")
-  seeds = max((len(r["seeds"]) for r in rows), default=0)
-  left.set_title(f"mIoU by budget (mean ± std over {seeds} seeds)")
-  left.grid(True, which="both", alpha=0.3)
-  left.legend(fontsize=8, loc="best")
+  strategies = [r for r in rows if r["setting"] not in BOUNDS]
   budgets = [r["budget"] for r in strategies]
-  common = max(set(budgets), key=budgets.count) if budgets else None
-  same = [r for r in strategies if r["budget"] == common]
-  right.bar(range(len(same)), [r["miou"] for r in same], yerr=[r["miou_std"] for r in same],
-            capsize=3, color=[colours[r["label"]] for r in same])
-  right.set_xticks(range(len(same)), [r["label"].replace(" (RA)", "") for r in same],
-                   rotation=30, ha="right", fontsize=8)
-  values = [r["miou"] - r["miou_std"] for r in rows if not np.isnan(r["miou"])]
-  if values:
-    right.set_ylim(max(0.0, min(values) - 5), None)
-  right.set_title(f"strategies at {common}")
-  right.grid(True, axis="y", alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  common = max(dict.fromkeys(budgets), key=budgets.count) if budgets else None
+  seeds = max((len(r["seeds"]) for r in rows), default=0)
+  report.plot_rows(
+      rows, path, curves=False, line_of=lambda row: row["label"], bounds=BOUNDS,
+      emphasize=lambda label: label.startswith("RIPU"),
+      bars=[r for r in strategies if r["budget"] == common],
+      bar_label=lambda row: row["label"].replace(" (RA)", ""),
+      bars_title=f"strategies at {common}",
+      fraction_title=f"mIoU by budget (mean ± std over {seeds} seeds)")
 
 
 def write_outputs(results: list[dict], workdir: str) -> list[dict]:
-  rows = summarize(results)
+  """results.json, results.md and miou_vs_budget.png of the finished runs `results`: the table
+  and the plot from their run folders (report.load_run), the runs' run.json in results.json."""
+  rows = summarize([report.load_run(run_dir(workdir, r["seed"], r["setting"]))
+                    for r in results])
+  summary = [{field: row[field] for field in SUMMARY_FIELDS} for row in rows]
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"runs": results, "summary": rows, "domain_gap": domain_gap(rows)}, f, indent=1)
+    json.dump({"runs": results, "summary": summary, "domain_gap": domain_gap(rows)}, f,
+              indent=1)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(format_table(rows))
   plot(rows, os.path.join(workdir, "miou_vs_budget.png"))
