@@ -265,6 +265,16 @@ class Checkpoints:
                       self.step_directory(step), reason, what, chosen)
     return chosen
 
+  def settle(self) -> None:
+    """Moves damaged newer checkpoints aside now (process 0, before every process restores)."""
+    if not self.read_only:
+      self._newest_readable(move_damaged=True)
+
+  def reload(self) -> None:
+    """Forgets what this process knew of the folder (after another process settled it)."""
+    self._checked.clear()
+    self._manager.reload()
+
   def _move_aside(self, step: int) -> str:
     os.makedirs(self.damaged_directory, exist_ok=True)
     target, suffix = os.path.join(self.damaged_directory, str(step)), 0

@@ -8,6 +8,11 @@ with another config is refused unless the changed fields are named in
 Errors the user can fix (a bad config value or field, missing data, a workdir in use or of
 another config) print one line; `--verbosity=1` or RIPU_JAX_TRACEBACK=1 adds the traceback.
 Ctrl-C stops the run with one line saying how to resume.
+
+Several processes (hosts) run one job with the same command plus, where the platform does
+not tell JAX (SLURM, Open MPI and TPU pod slices do), `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I`; see `ripu_jax.distributed`. Process 0 writes the run's
+files and prints; the others print only errors.
 """
 
 import os
@@ -20,8 +25,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ripu_jax import distributed
 from ripu_jax import errors
-from ripu_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py), optionally with ':arg'.",
@@ -31,6 +36,16 @@ _ALLOW = flags.DEFINE_list(
     "allow_config_change", [], "Config fields that may differ from the config recorded in a "
     "workdir that already holds checkpoints, e.g. num_steps,eval.every (recorded in "
     "config_changes.jsonl).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, for a run over several processes "
+    "(not needed on SLURM, Open MPI or a TPU pod slice).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to N-1.")
+_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout", 300, "Seconds to wait for every process to join the run.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 60, "Seconds without a sign of life after which the other processes "
+    "of a run stop (a process was killed or crashed).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,7 +59,10 @@ def _show_tracebacks(argv=None) -> bool:
 
 
 def _fail(message: str, code: int = 2) -> None:
-  print(f"error: {message}", file=sys.stderr)
+  where = (f"process {distributed.process_index()}: " if distributed.process_count() > 1
+           else "")
+  distributed.report_failure(message)
+  print(f"error: {where}{message}", file=sys.stderr)
   sys.exit(code)
 
 
@@ -112,6 +130,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   signal.signal(signal.SIGINT, _on_interrupt)
   try:
+    several = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                     _PROCESS_ID.value, timeout_s=_TIMEOUT.value,
+                                     heartbeat_s=_HEARTBEAT.value)
+    if several and not distributed.is_primary():  # silence its stdout, C++ libraries' too
+      sys.stdout.flush()
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    from ripu_jax import train  # pylint: disable=g-import-not-at-top  (after the JAX setup)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                              allow_config_change=tuple(_ALLOW.value))
   except KeyboardInterrupt:
@@ -120,6 +145,9 @@ def main(argv):
     if _show_tracebacks():
       raise
     _fail(str(error), code=1)
+  except BaseException as error:
+    distributed.report_failure(f"{type(error).__name__}: {error}")
+    raise
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import shutil
 import sys
 from collections.abc import Mapping
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ripu_jax import annotations
 from ripu_jax import config_lib
+from ripu_jax import distributed
 from ripu_jax import evaluation
 from ripu_jax import exports
 from ripu_jax import hooks as hooks_lib
@@ -106,12 +108,20 @@ class Trainer:
     """
     registry.import_plugins(tuple(config.plugins))
     config_lib.validate(config)
+    distributed.check_same_config(config.to_json_best_effort(sort_keys=True),
+                                  workdir_lib.flatten)
     self.config = config
     self.workdir = workdir_lib.check_path(workdir)
     self.mesh = sharding.default_mesh()
+    self.primary = distributed.is_primary()  # writes the run's files; every process computes
     for field in ("train.batch_size", "active.batch_size", "eval.batch_size"):
       group, name = field.split(".")
+      distributed.check_batch(field, config[group][name])
       sharding.check_divisible(field, config[group][name], self.mesh)
+    # Each process reads its share of every training and evaluation batch.
+    self._shard = (grain.sharding.ShardOptions(shard_index=jax.process_index(),
+                                               shard_count=jax.process_count())
+                   if jax.process_count() > 1 else None)
     self.objective = objectives.OBJECTIVES.get(config.train.objective)(config)
     self.acquirer = ACQUIRERS.get(config.active.kind)(config)
     self.hooks = list(self.objective.hooks()) + [
@@ -132,12 +142,13 @@ class Trainer:
 
     created = not os.path.isdir(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
-    self._lock = workdir_lib.WorkdirLock(self.workdir)
+    # Process 0 holds the lock for the run (the workdir is shared by every process).
+    self._lock = workdir_lib.WorkdirLock(self.workdir) if self.primary else None
     try:
       self._open_run(model, shapes, tuple(allow_config_change))
     except BaseException:
-      self._lock.release()
-      if created:  # nothing was computed: leave no workdir behind
+      self._release_lock()
+      if created and self.primary:  # nothing was computed: leave no workdir behind
         shutil.rmtree(self.workdir, ignore_errors=True)
       raise
 
@@ -147,12 +158,18 @@ class Trainer:
     config = self.config
     self.did_work = False
     self.state = self.objective.build_state(model)
+    self._replicate_state()  # restores then land on the mesh (across processes too)
     self.checkpoints = Checkpoints(os.path.join(self.workdir, "checkpoints"),
                                    keep=config.keep_checkpoints)
-    workdir_lib.record_config(
-        self.workdir, config.to_json_best_effort(indent=1, sort_keys=True),
-        checkpoint_step=self.checkpoints.latest_step(), allow_changes=allow_config_change,
-        defaults=config_lib.field_defaults())
+    if self.primary:
+      workdir_lib.record_config(
+          self.workdir, config.to_json_best_effort(indent=1, sort_keys=True),
+          checkpoint_step=self.checkpoints.latest_step(), allow_changes=allow_config_change,
+          defaults=config_lib.field_defaults())
+      self.checkpoints.settle()  # damaged checkpoints moved aside before anyone restores
+    distributed.barrier("checkpoints settled")
+    if not self.primary:
+      self.checkpoints.reload()
     restored = self.checkpoints.restore(state=self.state)
     self.step = 0
     progress = {}
@@ -180,16 +197,18 @@ class Trainer:
           source_run.close()
         logging.info("model initialised from %s (step %d)", self._init_dir, init_step)
       self.objective.initialize(self.state)
-    state = jax.device_put(nnx.state(self.state), sharding.replicated(self.mesh))
-    nnx.update(self.state, state)
+    self._replicate_state()
 
-    self.log = MetricsLog(self.workdir, resume_step=self.step)
+    self.log = (MetricsLog(self.workdir, resume_step=self.step) if self.primary
+                else _SilentLog())
     if start_result is not None:
       self._export_round(0, start_result)
     self._take_answers()
-    self.evaluated_steps = {r["step"] for r in read_metrics(self.workdir)
-                            if r.get("kind") == "eval"}
-    self._build_loaders(progress.get("iterators", {}))
+    evaluated = sorted({r["step"] for r in read_metrics(self.workdir)
+                        if r.get("kind") == "eval"}) if self.primary else None
+    self.evaluated_steps = set(json.loads(distributed.broadcast(
+        "evaluated steps", json.dumps(evaluated))))
+    self._build_loaders(_process_iterators(progress))
     sums = progress.get("metric_sums")
     self._metric_sums = ({k: np.float32(v) for k, v in sums.items()} if sums else None)
     self._metric_count = int(progress.get("metric_count", 0))
@@ -200,6 +219,9 @@ class Trainer:
     self._forward_named = nnx.jit(lambda model, images, names: model(images, outputs=names),
                                   static_argnames="names")
     self._accumulate = jax.jit(lambda sums, metrics: jax.tree.map(jnp.add, sums, metrics))
+
+  def _replicate_state(self) -> None:
+    nnx.update(self.state, sharding.replicate(nnx.state(self.state), self.mesh))
 
   def _continue_run(self, shapes: np.ndarray) -> tuple[LabelLedger, dict]:
     """Takes a finished run's state (model, optimizer, ledger, step, data position) to go
@@ -240,8 +262,8 @@ class Trainer:
     config, splits = self.config, self.splits
     data = config.data
     crop = tuple(data.crop_size) if data.get("crop_size") is not None else None
-    common = dict(batch_size=config.train.batch_size, flip=data.flip, crop_size=crop,
-                  worker_count=data.worker_count)
+    common = dict(batch_size=distributed.local_rows(config.train.batch_size), flip=data.flip,
+                  crop_size=crop, worker_count=data.worker_count, shard_options=self._shard)
     self.iterators = {}
     self.loaders = {}
     for domain in self.objective.domains:
@@ -286,13 +308,19 @@ class Trainer:
     return batch
 
   def _progress(self) -> dict:
-    return {"iterators": {name: it.get_state().decode() for name, it in self.iterators.items()},
+    states = {name: it.get_state().decode() for name, it in self.iterators.items()}
+    extra = {}
+    if jax.process_count() > 1:  # every process's position, written once by process 0
+      extra["process_iterators"] = [json.loads(text) for text in distributed.exchange(
+          "iterator states", json.dumps(states))]
+    return {"iterators": states, **extra,
             "metric_sums": ({k: float(v) for k, v in self._metric_sums.items()}
                             if self._metric_sums is not None else None),
             "metric_count": self._metric_count}
 
   def _bar(self, **kwargs):
-    return tqdm(disable=not self.config.progress_bars, dynamic_ncols=True, **kwargs)
+    return tqdm(disable=not (self.config.progress_bars and self.primary), dynamic_ncols=True,
+                **kwargs)
 
   # ------------------------------------------------------------------ evaluation
 
@@ -300,11 +328,12 @@ class Trainer:
     """One pass over target val at eval.size on device: {"image", "label" (full size),
     "valid" (False on padding rows)}, with a progress bar."""
     config = self.config
+    batch_size = distributed.local_rows(config.eval.batch_size)
     loader = pipeline.eval_loader(
-        self.splits.target_val, batch_size=config.eval.batch_size,
-        image_size=tuple(config.eval.size), num_devices=self.mesh.size,
-        worker_count=config.data.worker_count, label_map=self.label_maps["target"])
-    total = pipeline.pass_batches(len(self.splits.target_val), config.eval.batch_size,
+        self.splits.target_val, batch_size=batch_size, image_size=tuple(config.eval.size),
+        num_devices=jax.local_device_count(), worker_count=config.data.worker_count,
+        shard_options=self._shard, label_map=self.label_maps["target"])
+    total = pipeline.pass_batches(len(self.splits.target_val), batch_size, self._shard,
                                   worker_count=config.data.worker_count)
     for batch in self._bar(iterable=loader, total=total, desc=desc, leave=False):
       yield {key: self._put(batch[key]) for key in ("image", "label", "valid")}
@@ -316,8 +345,8 @@ class Trainer:
     model = self.state.model
     model.eval()
     for batch in self.val_batches():
-      confusion += np.asarray(self.eval_step(
-          model, batch["image"], batch["label"], batch["valid"]), np.int64)
+      confusion += sharding.to_host(self.eval_step(
+          model, batch["image"], batch["label"], batch["valid"])).astype(np.int64)
     class_sets = self.label_space.eval_sets
     summary = evaluation.summarize(confusion, class_sets, self.label_space.class_names)
     summary["labelled_fraction"] = self.ledger.labeled_fraction()
@@ -346,7 +375,7 @@ class Trainer:
                        f"{list(self.state.extra_names)}")
     model = getattr(self.state, network)
     model.eval()
-    images = self._put(images)
+    images = sharding.put_global_batch(images, self.mesh)  # a selection batch, whole here
     if tuple(outputs) == ("logits",):
       return {"logits": self._forward(model, images)}
     return self._forward_named(model, images, tuple(outputs))
@@ -371,6 +400,8 @@ class Trainer:
     return result
 
   def _export_round(self, round_number: int, result: RoundResult) -> None:
+    if not self.primary:
+      return
     out = exports.round_dir(self.workdir, round_number)
     active = self.config.active
     records = []
@@ -426,7 +457,8 @@ class Trainer:
                             annotations.LABELS_DIR)
       if answers is None and os.path.isdir(folder) and os.listdir(folder):
         answers, report = annotations.read_answers(self.workdir, round_number, folder)
-        annotations.write_answers(self.workdir, round_number, answers)
+        if self.primary:
+          annotations.write_answers(self.workdir, round_number, answers)
         tqdm.write(annotations.describe(report, round_number))
       if answers is None:
         continue
@@ -465,7 +497,7 @@ class Trainer:
     """Training metrics averaged since the last log step; raises if any is not finite."""
     if self._metric_sums is None:
       return None
-    sums = jax.device_get(self._metric_sums)
+    sums = jax.tree.map(sharding.to_host, self._metric_sums)
     means = {k: float(v) / self._metric_count for k, v in sums.items()}
     bad = {k: v for k, v in means.items() if not np.isfinite(v)}
     if bad:
@@ -552,13 +584,17 @@ class Trainer:
       self.checkpoints.close()
       self.log.close()
     finally:
-      self._lock.release()
+      self._release_lock()
 
   def release(self) -> None:
     """Leaves the workdir without waiting on pending saves (after an interrupt)."""
     try:
       self.log.close()
     finally:
+      self._release_lock()
+
+  def _release_lock(self) -> None:
+    if self._lock is not None:
       self._lock.release()
 
 
@@ -573,6 +609,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     summary = trainer.run()
   except annotations.LabelsNeeded as waiting:
     trainer.close()
+    distributed.finish()
     print(waiting, flush=True)
     return None
   except KeyboardInterrupt:
@@ -584,8 +621,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     trainer.close()
     raise
   trainer.close()
+  distributed.finish()
   path = os.path.join(trainer.workdir, "final.json")
-  if trainer.did_work or not os.path.exists(path):
+  if trainer.primary and (trainer.did_work or not os.path.exists(path)):
     with open(path + ".tmp", "w") as f:
       json.dump({"step": trainer.step, **(summary or {})}, f, indent=1)
     os.replace(path + ".tmp", path)
@@ -597,3 +635,26 @@ def _rerun_command(workdir: str) -> str:
   if sys.argv and sys.argv[0].endswith(os.path.join("ripu_jax", "main.py")):
     return "python -m ripu_jax.main " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   return f"the training command again, with the workdir {workdir}"
+
+
+class _SilentLog:
+  """The metrics log of processes other than 0: process 0 writes the run's one copy."""
+
+  def write(self, *args, **kwargs) -> None:
+    del args, kwargs
+
+  def close(self) -> None:
+    pass
+
+
+def _process_iterators(progress: Mapping) -> dict:
+  """This process's data-iterator states from a checkpoint's progress."""
+  count, index = jax.process_count(), jax.process_index()
+  per_process = progress.get("process_iterators")
+  saved = len(per_process) if per_process else 1
+  if progress.get("iterators") and saved != count:
+    raise ConfigError(
+        f"the checkpoint was written by a run of {saved} process(es); this one has {count}. "
+        f"Resume it with {saved} process(es) (each reads its own share of the data), or start "
+        "a fresh workdir")
+  return per_process[index] if per_process else progress.get("iterators", {})

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ripu_jax import image_ops
+from ripu_jax import sharding
 from ripu_jax.acquisition import scores as scores_lib
 from ripu_jax.acquisition import strategies as strategies_lib
 from ripu_jax.acquisition.selection_round import (RoundPlan, mesh_platform, plan_round,
@@ -314,8 +315,9 @@ class GreedyRounds(ScheduledRounds):
   @staticmethod
   def _overlay(strategy, inputs, outputs, j, image, name, index, labeled, plan, label_size,
                seed, impl) -> Overlay:
-    upsampled = [image_ops.upsample_to_labels(outputs[key][j:j + 1], label_size,
-                                              np.shape(image)[:2]) for key in inputs]
+    upsampled = [image_ops.upsample_to_labels(sharding.to_host(outputs[key])[j:j + 1],
+                                              label_size, np.shape(image)[:2])
+                 for key in inputs]
     key = jax.random.fold_in(jax.random.key(seed), index)[None]
     score = strategies_lib.call_strategy(strategy, *upsampled, radius=plan.radius,
                                          mode=plan.mode, keys=key, impl=impl)[0]

@@ -188,6 +188,9 @@ def select_round(logits, *, plan: RoundPlan, strategy: str = "ripu",
   if input_size is not None:
     input_size = tuple(int(v) for v in input_size)
   run = _compiled_round(mesh, strategy, label_size, RoundPlan(*plan), input_size, impl)
+  # Host inputs are whole on every process; each places its own devices' rows.
+  excluded, image_ids = (x if isinstance(x, jax.Array) else sharding.put_global_batch(x, mesh)
+                         for x in (excluded, image_ids))
   selection, finite = run(inputs, excluded, image_ids, np.int32(seed))
-  raise_if_not_finite(finite, image_names)
-  return Selection(*(np.asarray(x) for x in selection))
+  raise_if_not_finite(sharding.to_host(finite), image_names)
+  return Selection(*(sharding.to_host(x) for x in selection))

@@ -24,6 +24,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from ripu_jax import evaluation
+from ripu_jax import sharding
 from ripu_jax.hooks import Hook
 from ripu_jax.image_ops import upsample_logits, upsample_to_labels
 
@@ -71,8 +72,8 @@ class ElnReport(Hook):
       batch_confusion, batch_counts = _report_batch(
           predictor, trainer.state.eln, batch["image"], batch["label"], batch["valid"],
           jnp.float32(eln.keep_threshold), space.num_classes)
-      confusion += np.asarray(batch_confusion, np.int64)
-      counts += np.asarray(batch_counts, np.int64)
+      confusion += sharding.to_host(batch_confusion).astype(np.int64)
+      counts += sharding.to_host(batch_counts).astype(np.int64)
     valid, correct, kept, kept_correct = (int(c) for c in counts)
     teacher = evaluation.summarize(confusion, space.eval_sets, space.class_names)
     record = {f"teacher_{name}": teacher[name] for name in space.eval_sets}

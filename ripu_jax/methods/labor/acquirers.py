@@ -37,6 +37,7 @@ import numpy as np
 
 from ripu_jax import image_ops
 from ripu_jax import objectives
+from ripu_jax import sharding
 from ripu_jax.acquisition import budgets
 from ripu_jax.acquisition.acquirers import (ACQUIRERS, ImageRecord, Overlay, RoundPool,
                                             RoundResult, ScheduledRounds)
@@ -198,7 +199,7 @@ class LaborRounds(ScheduledRounds):
       mask, discrepancy, probs = _round_maps(head1, head2, logits, label_size=label_size,
                                              input_size=input_size,
                                              probs_from=self.probs_from)
-      mask, discrepancy = np.asarray(mask), np.asarray(discrepancy)
+      mask, discrepancy = sharding.to_host(mask), sharding.to_host(discrepancy)
       excluded = {j: ledger.excluded_mask(indices[j]) for j in rows}
       bought = self._buy(pool.round_number, ledger, label_size, rows, indices, mask,
                          discrepancy, probs, excluded)
@@ -208,7 +209,8 @@ class LaborRounds(ScheduledRounds):
         images.append(ImageRecord(indices[j], name, labeled, picks))
         if len(overlays) < pool.num_overlays:
           prediction = np.asarray(_prediction(
-              logits[j:j + 1], label_size=label_size, input_size=input_size))[0]
+              sharding.to_host(logits)[j:j + 1], label_size=label_size,
+              input_size=input_size))[0]
           overlays.append(Overlay(name, np.asarray(batch["image"][j]), prediction,
                                   discrepancy[j], labeled))
     return RoundResult(images, unit=self.unit, count=self._count(images), strategy=self.kind,
@@ -288,7 +290,7 @@ class PointRounds(LaborRounds):
     padded = np.zeros((mask.shape[0], _bucket(max(len(f) for f in flats.values()))), np.int32)
     for j, flat in flats.items():
       padded[j, :len(flat)] = flat
-    gathered = np.asarray(_gather_rows(probs, padded))
+    gathered = sharding.to_host(_gather_rows(probs, padded))
     quota = self.quota(label_size)
     bought = {}
     for j in rows:
