@@ -17,21 +17,9 @@ from ripu_jax.data import catalog
 from ripu_jax.ledger import LabelLedger
 from ripu_jax.metrics_log import read_metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tiny_runs import tiny_config
+
 ANSWER_KEYS = ("answer_records", "answer_pixels", "answer_values")
-
-
-def tiny_config(**overrides):
-  """demo:smoke with three rounds in 10 steps."""
-  config = config_lib.load_config(os.path.join(ROOT, "configs", "demo.py"), "smoke")
-  config.num_steps = 10
-  config.checkpoint_every = 3
-  config.active.round_steps = (2, 5, 8)
-  config.progress_bars = False
-  for key, value in overrides.items():
-    group, _, name = key.rpartition(".")
-    (config[group] if group else config)[name] = value
-  return config
 
 
 def rle_decode(rle):

@@ -16,6 +16,8 @@ from ripu_jax import train
 from ripu_jax.checkpoints import Checkpoints
 from ripu_jax.metrics_log import read_metrics
 
+from tiny_runs import with_overrides
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -27,10 +29,7 @@ def smoke(mode, **overrides):
   config.checkpoint_every = 2
   config.active.round_steps = (2, 4)
   config.progress_bars = False
-  for key, value in overrides.items():
-    group, _, name = key.rpartition(".")
-    (config[group] if group else config)[name] = value
-  return config
+  return with_overrides(config, overrides)
 
 
 def test_the_selector_starts_from_the_model_and_the_state_holds_every_network(tmp_path):

@@ -18,25 +18,14 @@ from ripu_jax.checkpoints import Checkpoints
 from ripu_jax.data import DatasetNotPreparedError
 from ripu_jax.metrics_log import read_metrics
 
+from tiny_runs import tiny_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
 
 
 def load_config(name, arg=None):
   return config_lib.load_config(os.path.join(ROOT, "configs", name + ".py"), arg)
-
-
-def tiny_config(**overrides):
-  """demo:smoke with three rounds in 10 steps."""
-  config = load_config("demo", "smoke")
-  config.num_steps = 10
-  config.checkpoint_every = 3
-  config.active.round_steps = (2, 5, 8)
-  config.progress_bars = False
-  for key, value in overrides.items():
-    group, _, name = key.rpartition(".")
-    (config[group] if group else config)[name] = value
-  return config
 
 
 def ledger_of(workdir):

@@ -9,27 +9,15 @@ import time
 
 import pytest
 
-from ripu_jax import config_lib
 from ripu_jax import errors
 from ripu_jax import train
 from ripu_jax.checkpoints import Checkpoints
 from ripu_jax.metrics_log import read_metrics
 
+from tiny_runs import tiny_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
-
-
-def tiny_config(**overrides):
-  """demo:smoke with three rounds in 10 steps."""
-  config = config_lib.load_config(DEMO, "smoke")
-  config.num_steps = 10
-  config.checkpoint_every = 3
-  config.active.round_steps = (2, 5, 8)
-  config.progress_bars = False
-  for key, value in overrides.items():
-    group, _, name = key.rpartition(".")
-    (config[group] if group else config)[name] = value
-  return config
 
 
 def snapshot(workdir):
