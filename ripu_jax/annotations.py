@@ -87,8 +87,8 @@ def _labelmap(label_space) -> dict:
 
 def export_tasks(directory: str, round_number: int, queries: Sequence[Query],
                  image_of: Callable[[int], np.ndarray], label_space, command: str) -> str:
-  """Writes `directory/tasks/` (images, coco.json, labelmap.json, README.txt) and the query
-  masks under `directory/masks/`; returns the README's text."""
+  """Writes `directory/tasks/` (images, coco.json, labelmap.json, README.txt) beside the query
+  masks the round exported under `directory/masks/`; returns the README's text."""
   tasks = os.path.join(directory, TASKS_DIR)
   images_dir = os.path.join(tasks, "images")
   os.makedirs(images_dir, exist_ok=True)
@@ -105,7 +105,6 @@ def export_tasks(directory: str, round_number: int, queries: Sequence[Query],
     if image.shape[:2] != (height, width):
       image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
     Image.fromarray(image).save(os.path.join(images_dir, file_name))
-    exports.save_mask(os.path.join(directory, "masks"), query.name, query.mask)
     coco_images.append({"id": number, "file_name": f"images/{file_name}", "height": height,
                         "width": width})
     rows, cols = np.nonzero(query.mask)
@@ -118,8 +117,8 @@ def export_tasks(directory: str, round_number: int, queries: Sequence[Query],
   coco = {"info": {"description": f"ripu_jax round {round_number}: label the pixels of each "
                                   f"'{QUERY_CATEGORY}' region; class ids in {LABELMAP_FILE}"},
           "images": coco_images, "annotations": annotations, "categories": categories}
-  _write_json(os.path.join(tasks, "coco.json"), coco)
-  _write_json(os.path.join(tasks, LABELMAP_FILE), classes)
+  exports.write_json(os.path.join(tasks, "coco.json"), coco)
+  exports.write_json(os.path.join(tasks, LABELMAP_FILE), classes)
   ids = ", ".join(f"{c['id']} {c['name']}" for c in classes["classes"])
   pixels = sum(int(q.mask.sum()) for q in queries)
   text = (
@@ -136,12 +135,6 @@ def export_tasks(directory: str, round_number: int, queries: Sequence[Query],
   with open(os.path.join(tasks, "README.txt"), "w") as f:
     f.write(text)
   return text
-
-
-def _write_json(path: str, value) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f)
-  os.replace(path + ".tmp", path)
 
 
 # ----------------------------------------------------------------------------- imports

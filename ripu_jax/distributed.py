@@ -25,8 +25,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
-
 import jax
 
 from ripu_jax.errors import UserError
@@ -283,13 +281,3 @@ def check_batch(name: str, value: int) -> None:
 def local_rows(value: int) -> int:
   """This process's share of a global batch size."""
   return value // jax.process_count()
-
-
-def describe() -> str:
-  return (f"process {jax.process_index()} of {jax.process_count()}, "
-          f"{jax.local_device_count()} of {jax.device_count()} devices")
-
-
-__all__: Sequence[str] = (
-    "initialize", "exchange", "broadcast", "barrier", "check_same_config", "report_failure",
-    "finish", "is_primary", "check_batch", "local_rows", "DistributedError", "EXIT_PEER_LOST")

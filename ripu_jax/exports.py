@@ -68,9 +68,13 @@ def write_picks(directory: str, *, round_number: int, step: int, strategy: str, 
   (2 * label_radius + 1)^2 square centred on it, clipped at the border.
   """
   os.makedirs(directory, exist_ok=True)
-  record = {"round": round_number, "step": step, "strategy": strategy, "kind": kind,
-            "label_radius": label_radius, "images": list(images)}
-  path = os.path.join(directory, "picks.json")
+  write_json(os.path.join(directory, "picks.json"),
+             {"round": round_number, "step": step, "strategy": strategy, "kind": kind,
+              "label_radius": label_radius, "images": list(images)})
+
+
+def write_json(path: str, value, **dump_options) -> None:
+  """Writes JSON atomically (a temporary file, then a rename): never a half-written file."""
   with open(path + ".tmp", "w") as f:
-    json.dump(record, f)
+    json.dump(value, f, **dump_options)
   os.replace(path + ".tmp", path)

@@ -51,8 +51,9 @@ def square_union(shape: tuple[int, int], points: np.ndarray, radius: int) -> np.
   return corners.cumsum(0).cumsum(1)[:height, :width] > 0
 
 
-class LabeledMasks:
-  """Read-only sequence view: `masks[i]` -> bool [H, W], True where image i is labelled."""
+class _PerImage:
+  """Read-only sequence view of a per-image ledger method: `view[i]` -> method(i)."""
+  _method = ""
 
   def __init__(self, ledger: "LabelLedger"):
     self._ledger = ledger
@@ -61,20 +62,17 @@ class LabeledMasks:
     return self._ledger.num_images
 
   def __getitem__(self, index: int) -> np.ndarray:
-    return self._ledger.labeled_mask(index)
+    return getattr(self._ledger, self._method)(index)
 
 
-class BoughtLabels:
-  """Read-only sequence view: `labels[i]` -> uint8 [H, W], the answers bought for image i."""
+class LabeledMasks(_PerImage):
+  """`masks[i]` -> bool [H, W], True where image i is labelled."""
+  _method = "labeled_mask"
 
-  def __init__(self, ledger: "LabelLedger"):
-    self._ledger = ledger
 
-  def __len__(self) -> int:
-    return self._ledger.num_images
-
-  def __getitem__(self, index: int) -> np.ndarray:
-    return self._ledger.bought_label(index)
+class BoughtLabels(_PerImage):
+  """`labels[i]` -> uint8 [H, W], the answers bought for image i (255 elsewhere)."""
+  _method = "bought_label"
 
 
 class LabelLedger:
@@ -165,13 +163,6 @@ class LabelLedger:
       raise ValueError(f"need one uint8 class id per pixel, got {values.dtype} {values.shape} "
                        f"for {len(pixels)} pixels")
     self._answers[image_index][int(round_index)] = (pixels.astype(np.int32), values.copy())
-
-  def has_answers(self, round_index: int, image_index: int) -> bool:
-    return round_index in self._answers[int(image_index)]
-
-  def answers(self, round_index: int, image_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """(flat pixel indices, uint8 class ids) bought in one round for one image."""
-    return self._answers[int(image_index)][round_index]
 
   def pending(self) -> dict[int, list[int]]:
     """round -> images whose labels for that round have not been recorded yet."""

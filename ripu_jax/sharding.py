@@ -48,7 +48,8 @@ def put_global_batch(array: np.ndarray, mesh: Mesh) -> jax.Array:
   """A batch every process holds whole -> the global array, split over the data axis (each
   process places only its own devices' rows)."""
   array = np.asarray(array)
-  return jax.make_array_from_callback(array.shape, batch_sharding(mesh), lambda index: array[index])
+  return jax.make_array_from_callback(array.shape, batch_sharding(mesh),
+                                      lambda index: array[index])
 
 
 def to_host(array) -> np.ndarray:

@@ -420,10 +420,9 @@ class Trainer:
     exports.write_picks(out, round_number=round_number, step=self.step,
                         strategy=result.strategy, kind=active.kind,
                         label_radius=result.label_radius, images=records)
-    if self._annotated:
+    if self._annotated:  # the masks above are the queries; importing checks them on the ledger
       split = self.splits.target_train
-      queries = [annotations.Query(image.index, image.name,
-                                   self.ledger.round_mask(round_number, image.index))
+      queries = [annotations.Query(image.index, image.name, image.labeled)
                  for image in result.images]
       annotations.export_tasks(out, round_number, queries, lambda i: split[i]["image"],
                                self.label_space, _rerun_command(self.workdir))
@@ -624,9 +623,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   distributed.finish()
   path = os.path.join(trainer.workdir, "final.json")
   if trainer.primary and (trainer.did_work or not os.path.exists(path)):
-    with open(path + ".tmp", "w") as f:
-      json.dump({"step": trainer.step, **(summary or {})}, f, indent=1)
-    os.replace(path + ".tmp", path)
+    exports.write_json(path, {"step": trainer.step, **(summary or {})}, indent=1)
   return summary
 
 

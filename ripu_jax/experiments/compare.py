@@ -62,6 +62,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ripu_jax import exports
 from ripu_jax import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -302,9 +303,7 @@ def run_setting(setting: Setting, seed: int, workdir: str, **config_kwargs) -> d
   result = {"setting": setting.name, "seed": seed, "seconds": time.perf_counter() - start,
             "miou": summary["miou"], "labelled_fraction": summary["labelled_fraction"],
             "iou": summary["iou"], "step": config.num_steps}
-  with open(result_path + ".tmp", "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(result_path + ".tmp", result_path)
+  exports.write_json(result_path, result, indent=1)
   return result
 
 
