@@ -89,11 +89,21 @@ def main(argv=None) -> int:
   sizes, step_args = DRY if args.cpu else REAL
   report = {"mode": "cpu dry run" if args.cpu else "gpu", "devices": devices,
             "python": platform.python_version(), "machine": platform.machine(), "steps": {}}
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+  def save() -> None:
+    """Writes the figures so far: a check stopped from outside keeps its finished steps."""
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    report["failed"] = [name for name, step in report["steps"].items() if not step["ok"]]
+    with open(args.out, "w") as handle:
+      json.dump(report, handle, indent=1)
+
   with tempfile.TemporaryDirectory() as scratch:
     tests = [t for t in args.tests.split(",") if t]
     report["steps"]["acquisition_tests"] = run_step(
         "acquisition tests", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                               *tests], env, args.step_timeout)
+    save()
     acquisition_out = os.path.join(scratch, "acquisition.json")
     step = run_step("acquisition benchmark", [
         sys.executable, "scripts/benchmark_acquisition.py", f"--sizes={sizes}", "--runs=3",
@@ -103,6 +113,7 @@ def main(argv=None) -> int:
       with open(acquisition_out) as handle:
         step["rows"] = json.load(handle)["rows"]
     report["steps"]["acquisition_benchmark"] = step
+    save()
     for dtype in ("float32", "bfloat16"):
       out = os.path.join(scratch, f"train_step_{dtype}.json")
       step = run_step(f"train step {dtype}", [
@@ -112,12 +123,8 @@ def main(argv=None) -> int:
         with open(out) as handle:
           step["result"] = json.load(handle)
       report["steps"][f"train_step_{dtype}"] = step
-  report["seconds"] = round(time.perf_counter() - start, 1)
-  failed = [name for name, step in report["steps"].items() if not step["ok"]]
-  report["failed"] = failed
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as handle:
-    json.dump(report, handle, indent=1)
+      save()
+  failed = report["failed"]
   print(f"[gpu_check] wrote {args.out} in {report['seconds']:.0f} s"
         + (f"; FAILED: {', '.join(failed)}" if failed else "; every step passed"))
   return 1 if failed else 0

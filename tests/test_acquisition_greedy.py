@@ -18,6 +18,11 @@ SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+# "auto" is the backend's own ranking (top_k on the CPU); "sort" is the one other backends
+# use, so the CPU suite checks it too.
+ORDERINGS = pytest.mark.parametrize("ordering", ["auto", "sort"])
+
+
 def picks_of(selection, b=0):
   return [tuple(p) for p in np.asarray(selection.picks[b]).tolist() if p[0] >= 0]
 
@@ -34,12 +39,14 @@ def problems(draw):
   return score, excluded, num_picks, label_radius, suppress_radius
 
 
+@ORDERINGS
 @SETTINGS
-@given(problems())
-def test_picks_and_masks_identical_to_release_loop(problem):
+@given(problem=problems())
+def test_picks_and_masks_identical_to_release_loop(ordering, problem):
   score, excluded, num_picks, label_radius, suppress_radius = problem
   got = acquisition.greedy_select(score[None], num_picks=num_picks, label_radius=label_radius,
-                                  suppress_radius=suppress_radius, excluded=excluded[None])
+                                  suppress_radius=suppress_radius, excluded=excluded[None],
+                                  ordering=ordering)
   picks, labeled, excluded_out = oracle.greedy(score, num_picks, label_radius, suppress_radius,
                                                excluded)
   assert picks_of(got) == picks
@@ -49,16 +56,19 @@ def test_picks_and_masks_identical_to_release_loop(problem):
   assert np.all(np.asarray(got.picks[0, len(picks):]) == -1)
 
 
+@ORDERINGS
 @SETTINGS
-@given(st.integers(0, 10_000), st.sampled_from([1, 2]), st.sampled_from([(20, 33), (7, 5)]))
-def test_ra_invariants_on_continuous_scores(seed, radius, shape):
+@given(seed=st.integers(0, 10_000), radius=st.sampled_from([1, 2]),
+       shape=st.sampled_from([(20, 33), (7, 5)]))
+def test_ra_invariants_on_continuous_scores(ordering, seed, radius, shape):
   rng = np.random.default_rng(seed)
   height, width = shape
   score = rng.random((height, width)).astype(np.float32)
   excluded = rng.random((height, width)) < 0.1
   budget = 40
   got = acquisition.greedy_select(score[None], num_picks=budget, label_radius=radius,
-                                  suppress_radius=2 * radius, excluded=excluded[None])
+                                  suppress_radius=2 * radius, excluded=excluded[None],
+                                  ordering=ordering)
   picks = picks_of(got)
   assert len(picks) <= budget
   # Excluded pixels are never picked.
@@ -81,23 +91,27 @@ def test_budget_exactly_spent_when_room():
   assert int(np.asarray(got.labeled).sum()) == sum(areas)
 
 
-def test_tie_rule_smallest_column_then_row():
+@ORDERINGS
+def test_tie_rule_smallest_column_then_row(ordering):
   score = np.zeros((1, 5, 6), np.float32)
-  got = acquisition.greedy_select(score, num_picks=3, label_radius=0, suppress_radius=0)
+  got = acquisition.greedy_select(score, num_picks=3, label_radius=0, suppress_radius=0,
+                                  ordering=ordering)
   assert picks_of(got) == [(0, 0), (1, 0), (2, 0)]
   score[0, 3, 4] = score[0, 1, 5] = score[0, 4, 4] = 1.0
-  got = acquisition.greedy_select(score, num_picks=3, label_radius=0, suppress_radius=0)
+  got = acquisition.greedy_select(score, num_picks=3, label_radius=0, suppress_radius=0,
+                                  ordering=ordering)
   assert picks_of(got) == [(3, 4), (4, 4), (1, 5)]
 
 
-def test_band_refetch_is_exact():
+@ORDERINGS
+def test_band_refetch_is_exact(ordering):
   # A smooth single peak: every candidate of the first band is suppressed by the first pick,
   # so the selection has to fetch further bands and must still match the loop.
   rows, cols = np.mgrid[0:48, 0:64]
   score = -((rows - 20.0) ** 2 + (cols - 30.0) ** 2).astype(np.float32)
   budget = 30
   got = acquisition.greedy_select(score[None], num_picks=budget, label_radius=0,
-                                  suppress_radius=5)
+                                  suppress_radius=5, ordering=ordering)
   assert greedy_lib.band_size(budget, 48 * 64) < 48 * 64
   assert picks_of(got) == oracle.greedy(score, budget, 0, 5)[0]
 
@@ -129,6 +143,7 @@ def test_windows_larger_than_image():
     (dict(excluded=np.zeros((1, 4, 5), bool)), "excluded must be a bool array of shape"),
     (dict(excluded=np.zeros((1, 4, 4), np.uint8)), "excluded must be a bool array of shape"),
     (dict(score=np.full((2, 4, 4), np.nan, np.float32)), "NaN for batch index \\[0, 1\\]"),
+    (dict(ordering="fastest"), "ordering must be one of"),
 ])
 def test_input_errors(kwargs, message):
   args = dict(score=np.zeros((1, 4, 4), np.float32), num_picks=2, label_radius=1,

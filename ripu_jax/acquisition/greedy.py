@@ -5,8 +5,12 @@ then smallest row), labels a square around it and sets a larger suppression squa
 Doing that with one full-map arg-max per pick costs O(picks * H * W). Here the same picks come
 from one sort of a band of the best candidates:
 
-1. Flatten the map column-major (index = col * H + row), so that `lax.top_k`'s tie rule
-   (lower index first) is the release's. Take the top K scores among pixels not excluded.
+1. Flatten the map column-major (index = col * H + row), so that "lower index first" among
+   equal scores is the release's tie rule. Take the top K scores among pixels not excluded,
+   in (score descending, index ascending) order. XLA promises neither the order of
+   `lax.top_k`'s results nor which of several equal scores it returns: on XLA:CPU it gives
+   the lower index first (the tests check it), on an H200 two selection tests failed with
+   it, so other backends sort (score, index) pairs explicitly (`ORDERINGS`).
 2. Scan the band in blocks. A candidate is taken unless an earlier pick's suppression square
    covers it. Earlier picks live in a grid of (s+1)-sized cells: two picks are more than s
    apart, so a cell holds at most one, and only the 3x3 neighbouring cells can hold a pick
@@ -30,6 +34,9 @@ import numpy as np
 from ripu_jax.acquisition.scores import validate_radius
 
 BLOCK = 128
+# How a band of candidates is ranked: "top_k" (XLA:CPU's top_k, lower index first among
+# equal scores) or "sort" (a full two-key sort: the order is defined on every backend).
+ORDERINGS = ("auto", "top_k", "sort")
 MIN_BAND = 1024
 BAND_PER_PICK = 4
 
@@ -61,6 +68,25 @@ def square_mask(picks: jax.Array, radius: int, height: int, width: int) -> jax.A
   return mask.at[rows.reshape(-1), cols.reshape(-1)].set(True, mode="drop")
 
 
+def resolve_ordering(ordering: str = "auto") -> str:
+  """"auto" -> "top_k" on the CPU backend, "sort" elsewhere."""
+  if ordering not in ORDERINGS:
+    raise ValueError(f"ordering must be one of {ORDERINGS}, got {ordering!r}")
+  if ordering == "auto":
+    return "top_k" if jax.default_backend() == "cpu" else "sort"
+  return ordering
+
+
+def top_band(values: jax.Array, band: int, ordering: str) -> tuple[jax.Array, jax.Array]:
+  """The `band` largest of a flat array, by (value descending, index ascending)."""
+  if ordering == "top_k":
+    top, index = lax.top_k(values, band)
+    return top, index.astype(jnp.int32)
+  index = lax.iota(jnp.int32, values.shape[0])
+  negated, index = lax.sort((-values, index), num_keys=2)
+  return -negated[:band], index[:band]
+
+
 def _resolve_block(free: jax.Array, conflict: jax.Array) -> jax.Array:
   """Sequential greedy inside a block: i is taken iff free and no taken j < i conflicts."""
   def step(state):
@@ -72,8 +98,10 @@ def _resolve_block(free: jax.Array, conflict: jax.Array) -> jax.Array:
 
 
 def select_one(score: jax.Array, excluded: jax.Array, *, num_picks: int, label_radius: int,
-               suppress_radius: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+               suppress_radius: int, ordering: str = "auto"
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Greedy selection on one map [H, W]; traceable (use inside jit / lax.map)."""
+  ordering = resolve_ordering(ordering)
   height, width = score.shape
   num_pixels = height * width
   s = suppress_radius
@@ -94,8 +122,7 @@ def select_one(score: jax.Array, excluded: jax.Array, *, num_picks: int, label_r
   def fetch_band(picks):
     suppressed = square_mask(picks, s, height, width).T.reshape(-1)
     blocked = flat_excluded.at[:num_pixels].set(flat_excluded[:num_pixels] | suppressed)
-    values, index = lax.top_k(jnp.where(blocked, -jnp.inf, flat_score), band)
-    return values, index.astype(jnp.int32)
+    return top_band(jnp.where(blocked, -jnp.inf, flat_score), band, ordering)
 
   def body(state):
     picks, count, grid, values, index, pos, _ = state
@@ -139,26 +166,28 @@ def select_one(score: jax.Array, excluded: jax.Array, *, num_picks: int, label_r
 
 
 def select_batch(score: jax.Array, excluded: jax.Array, *, num_picks: int, label_radius: int,
-                 suppress_radius: int) -> Selection:
+                 suppress_radius: int, ordering: str = "auto") -> Selection:
   """select_one over a batch [B, H, W], one image after another (traceable)."""
   fn = functools.partial(select_one, num_picks=num_picks, label_radius=label_radius,
-                         suppress_radius=suppress_radius)
+                         suppress_radius=suppress_radius, ordering=ordering)
   return Selection(*lax.map(lambda args: fn(*args), (score, excluded)))
 
 
 _select_batch_jit = jax.jit(
-    select_batch, static_argnames=("num_picks", "label_radius", "suppress_radius"))
+    select_batch, static_argnames=("num_picks", "label_radius", "suppress_radius", "ordering"))
 
 
 def greedy_select(score, *, num_picks: int, label_radius: int, suppress_radius: int,
-                  excluded=None) -> Selection:
+                  excluded=None, ordering: str = "auto") -> Selection:
   """Greedy RIPU selection on score maps [B, H, W], identical to the release's pick loop.
 
   Each pick is the arg-max over non-excluded pixels (ties: smallest column, then smallest
   row); the (2 * label_radius + 1)^2 square around it is labelled and the
   (2 * suppress_radius + 1)^2 square excluded; selection stops after `num_picks` or when every
-  pixel is excluded. Pixels whose score is -inf count as excluded.
+  pixel is excluded. Pixels whose score is -inf count as excluded. `ordering` ranks the
+  candidates (`ORDERINGS`; both give the same picks, "auto" the backend's faster exact one).
   """
+  ordering = resolve_ordering(ordering)
   shape = getattr(score, "shape", None)
   if shape is None or len(shape) != 3:
     raise ValueError(f"score must be an array [B, H, W], got shape {shape}")
@@ -178,4 +207,5 @@ def greedy_select(score, *, num_picks: int, label_radius: int, suppress_radius: 
   if nan_images.size:
     raise ValueError(f"score contains NaN for batch index {nan_images.tolist()[:5]}")
   return _select_batch_jit(score, jnp.asarray(excluded), num_picks=int(num_picks),
-                           label_radius=label_radius, suppress_radius=suppress_radius)
+                           label_radius=label_radius, suppress_radius=suppress_radius,
+                           ordering=ordering)
