@@ -54,6 +54,7 @@ from ripu_jax import workdir as workdir_lib
 from ripu_jax.acquisition.acquirers import ACQUIRERS, RoundPool, RoundResult
 from ripu_jax.checkpoints import Checkpoints
 from ripu_jax.errors import ConfigError, MissingFileError, NonFiniteError
+from ripu_jax.image_ops import upsample_to_labels
 from ripu_jax.data import catalog
 from ripu_jax.data import pipeline
 from ripu_jax.ledger import LabelLedger
@@ -219,6 +220,19 @@ class Trainer:
     self._forward_named = nnx.jit(lambda model, images, names: model(images, outputs=names),
                                   static_argnames="names")
     self._accumulate = jax.jit(lambda sums, metrics: jax.tree.map(jnp.add, sums, metrics))
+    self._mc_probs = nnx.jit(_mc_probs, static_argnames=("passes", "label_size"))
+
+  def reinitialize(self) -> None:
+    """The train state as a new run starts it: the model from its initial weights (the
+    config's seed and `model.pretrained`), new optimizers, fresh extras. For methods that
+    restart training (ViewAL's rounds); the ledger and the step stay."""
+    if self._init_dir:
+      raise ConfigError("restarting training is not supported with model.init_from; start "
+                        "from model.pretrained weights instead")
+    fresh = self.objective.build_state(build_model(self.config))
+    self.objective.initialize(fresh)
+    nnx.update(self.state, nnx.state(fresh))
+    self._replicate_state()
 
   def _replicate_state(self) -> None:
     nnx.update(self.state, sharding.replicate(nnx.state(self.state), self.mesh))
@@ -380,6 +394,19 @@ class Trainer:
       return {"logits": self._forward(model, images)}
     return self._forward_named(model, images, tuple(outputs))
 
+  def predict_mc(self, images: np.ndarray, key: jax.Array, passes: int,
+                 label_size: tuple[int, int], network: str = "model") -> jax.Array:
+    """Mean softmax at `label_size` of `passes` Monte-Carlo dropout passes of a network of
+    the train state (eval mode, its channel dropout on), on device."""
+    if network != "model" and network not in self.state.extra_names:
+      raise ValueError(f"the train state has no network {network!r}; it holds 'model' and "
+                       f"{list(self.state.extra_names)}")
+    model = getattr(self.state, network)
+    model.eval()
+    images = sharding.put_global_batch(images, self.mesh)
+    return self._mc_probs(model, images, key, passes=int(passes),
+                          label_size=tuple(int(v) for v in label_size))
+
   def select(self, round_number: int) -> RoundResult:
     """One selection round over the whole target pool; records it in the ledger."""
     config, split = self.config, self.splits.target_train
@@ -387,14 +414,15 @@ class Trainer:
     workers = config.data.worker_count
     pool = RoundPool(
         round_number=round_number, seed=config.seed * 1_000_003 + round_number,
-        batches=lambda: pipeline.selection_loader(
+        batches=lambda with_labels=False: pipeline.selection_loader(
             split, batch_size=active.batch_size, image_size=tuple(config.data.target_size),
             num_devices=self.mesh.size, worker_count=workers,
-            label_map=self.label_maps["target"]),
+            label_map=self.label_maps["target"], with_labels=with_labels),
         num_batches=pipeline.pass_batches(len(split), active.batch_size, worker_count=workers),
         name=split.name, predict=self.predict, mesh=self.mesh,
         num_overlays=active.num_overlays,
-        progress=lambda iterable, **kwargs: self._bar(iterable=iterable, leave=False, **kwargs))
+        progress=lambda iterable, **kwargs: self._bar(iterable=iterable, leave=False, **kwargs),
+        predict_mc=self.predict_mc, groups=getattr(split, "scene_ids", None))
     result = self.acquirer.run_round(pool, self.ledger)
     self._export_round(round_number, result)
     return result
@@ -413,7 +441,7 @@ class Trainer:
       records.append(record)
     for overlay in result.overlays:
       exports.save_overlay(
-          os.path.join(out, "overlays", f"{overlay.name}.png"),
+          os.path.join(out, "overlays", f"{exports.safe_name(overlay.name)}.png"),
           pipeline.denormalize_image(overlay.image), overlay.prediction, overlay.score,
           overlay.labeled, score_name=f"{result.strategy} score",
           colorize=self.label_space.colorize)
@@ -595,6 +623,19 @@ class Trainer:
   def _release_lock(self) -> None:
     if self._lock is not None:
       self._lock.release()
+
+
+def _mc_probs(model: nnx.Module, images: jax.Array, key: jax.Array, *, passes: int,
+              label_size: tuple[int, int]) -> jax.Array:
+  """Mean of `passes` Monte-Carlo dropout softmax maps at `label_size`, one pass per step of
+  a scan (the memory of one pass)."""
+  def probs(pass_key):
+    logits = models.mc_logits(model, images, pass_key)
+    return jax.nn.softmax(upsample_to_labels(logits, label_size), axis=-1)
+
+  keys = jax.random.split(key, passes)
+  total, _ = jax.lax.scan(lambda total, k: (total + probs(k), None), probs(keys[0]), keys[1:])
+  return total / passes
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,

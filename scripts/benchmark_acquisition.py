@@ -17,7 +17,11 @@ k=32 with 40 pixels over 5 rounds), on one image's logits (C = 19), along two pa
   size / --output-stride; the input is --input-size, the release's 640x1280, or the label
   size when that is smaller), upsampled to the input size and then to the label size, as
   the release's rounds do;
-* label: logits already at the label size (the upsample left out).
+* label: logits already at the label size (the upsample left out);
+* upsampled (not in the default table): the network path's own logits, already upsampled to
+  the label size. Its round scores and selects the same map as the network path's, so the
+  two differ only by the upsample: the ratio the upsample costs. (The label path's logits
+  are another map, whose selection can take another number of band fetches.)
 
 * ripu_jax: score pass (on the network path with the upsample before it, each its own
   program, as the round runs them), greedy selection, and the whole round as `select_round`
@@ -66,7 +70,7 @@ from ripu_jax.acquisition import selection_round
 from ripu_jax.acquisition import strategies as strategies_lib
 
 NUM_CLASSES = 19
-PATHS = ("network", "label")
+PATHS = ("network", "label", "upsampled")
 # Release-style fields that compare with one impl's score map rather than time the
 # release-style code.
 PER_IMPL_FIELDS = ("max_abs_score_diff_vs_release_style",)
@@ -328,8 +332,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", default="640x1280,1024x2048", help="label sizes")
   parser.add_argument("--paths", default="network,label",
-                      help="network (the trainer's: logits at the network's resolution) "
-                           "and/or label (logits already at the label size)")
+                      help="network (the trainer's: logits at the network's resolution), label "
+                           "(logits already at the label size) and/or upsampled (the network "
+                           "path's logits upsampled beforehand)")
   parser.add_argument("--input-size", default="640x1280",
                       help="the network's input on the network path (the release's target)")
   parser.add_argument("--output-stride", type=int, default=8)
@@ -365,11 +370,14 @@ def main():
     height, width = (int(v) for v in size.lower().split("x"))
     label_logits = realistic_logits(height, width)
     floor = (jax.jit(lambda x: scores_lib.pixel_stats(x).entropy), label_logits)
+    input_size = (min(input_h, height), min(input_w, width))
+    network_logits = realistic_logits(*(-(-v // args.output_stride) for v in input_size))
     for path_name in paths:
       if path_name == "network":
-        input_size = (min(input_h, height), min(input_w, width))
-        path = Path("network", realistic_logits(
-            *(-(-v // args.output_stride) for v in input_size)), (height, width), input_size)
+        path = Path("network", network_logits, (height, width), input_size)
+      elif path_name == "upsampled":
+        path = Path("upsampled", jax.block_until_ready(image_ops.upsample_to_labels(
+            network_logits, (height, width), input_size)), (height, width), None)
       else:
         path = Path("label", label_logits, (height, width), None)
       for name, kind, radius, budget in CASES:

@@ -26,6 +26,7 @@ from ripu_jax.checkpoints import Checkpoints
 from ripu_jax.ledger import LabelLedger
 from ripu_jax.methods import eln  # noqa: F401  (ELN's pieces join the contract tests)
 from ripu_jax.methods import labor  # noqa: F401  (LabOR's pieces join the contract tests)
+from ripu_jax.methods import viewal  # ViewAL's pieces join the contract tests
 from ripu_jax.metrics_log import read_metrics
 from ripu_jax.objectives import OBJECTIVES, Objective, TrainState, optimizer_for
 
@@ -55,6 +56,14 @@ def smoke_config(objective: str) -> ml_collections.ConfigDict:
     config.keep_checkpoints = 5
     config.progress_bars = False
     config.eln.update(aux_from=0 if objective == "eln" else 1, self_training_from=1)
+  if objective == "viewal":  # ViewAL's synthetic multi-view benchmark, one round
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "viewal", "synthetic.py"),
+                                    "smoke")
+    config.active.round_steps = (1,)
+    config.num_steps = 2
+    config.log_every = config.checkpoint_every = 1
+    config.keep_checkpoints = 5
+    config.progress_bars = False
   return config
 
 
@@ -192,12 +201,27 @@ def _pool(round_number, num_images=4, size=(24, 40), num_classes=5, batch_size=2
       np.float32)
   mesh = sharding.default_mesh()
 
-  def batches():
+  # Frames of one multi-view scene, for acquirers that read depth, poses and superpixels.
+  frames = viewal.datasets.ViewalSyntheticSplit(viewal.datasets.scenes.ViewalSyntheticConfig(
+      height=size[0], width=size[1], train_scenes=1, val_scenes=1, test_scenes=1,
+      frames_per_scene=num_images))
+
+  def batches(with_labels=False):
     for start in range(0, num_images, batch_size):
       index = np.arange(start, start + batch_size)
-      yield {"image": index.astype(np.float32)[:, None, None, None] * np.ones((1, 8, 8, 3)),
-             "index": index, "label_size": np.tile(size, (batch_size, 1)),
-             "valid": np.ones(batch_size, bool)}
+      batch = {"image": index.astype(np.float32)[:, None, None, None] * np.ones((1, 8, 8, 3)),
+               "index": index, "label_size": np.tile(size, (batch_size, 1)),
+               "valid": np.ones(batch_size, bool)}
+      for key in ("depth", "pose", "intrinsics", "superpixels") + (
+          ("label",) if with_labels else ()):
+        batch[key] = np.stack([frames[i][key] for i in index])
+      yield batch
+
+  def predict_mc(images, key, passes, label_size, network="model"):
+    del key, passes
+    index = np.asarray(images[:, 0, 0, 0], int)
+    probs = jax.nn.softmax(jnp.asarray(output(network, "logits")[index]), axis=-1)
+    return jax.image.resize(probs, (len(index), *label_size, num_classes), "nearest")
 
   def output(network, name):
     """The model's logits; every other output (a second head, ...) its own noise."""
@@ -213,7 +237,8 @@ def _pool(round_number, num_images=4, size=(24, 40), num_classes=5, batch_size=2
 
   return RoundPool(round_number=round_number, seed=round_number, batches=batches,
                    num_batches=num_images // batch_size, name=lambda i: f"img{i}",
-                   predict=predict, mesh=mesh, num_overlays=1)
+                   predict=predict, mesh=mesh, num_overlays=1, predict_mc=predict_mc,
+                   groups=frames.scene_ids)
 
 
 @pytest.mark.parametrize("kind", ACQUIRERS.names())
@@ -224,6 +249,7 @@ def test_every_acquirer_runs_a_round_and_keeps_the_ledger_invariants(kind):
   config.active.round_steps = (0, 5)
   config.active.radius = 1
   config.active.labelled_fraction = 0.5
+  config.viewal = viewal.viewal_group(budget_frames=0.3)
   acquirer_class = ACQUIRERS.get(kind)
   acquirer_class.validate(config)
   acquirer = acquirer_class(config)

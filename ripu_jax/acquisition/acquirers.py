@@ -46,22 +46,31 @@ from ripu_jax.registry import Registry
 class RoundPool:
   """What a round may read: the target pool in batches and the model's predictions.
 
-  batches(): a fresh pass over the pool; each batch is a dict with "image" (float
-    [B, h, w, 3], normalised), "index" (int [B], image index in the pool), "label_size"
-    (int [B, 2]) and "valid" (bool [B]; False on padding rows).
+  batches(with_labels=False): a fresh pass over the pool; each batch is a dict with "image"
+    (float [B, h, w, 3], normalised), "index" (int [B], image index in the pool),
+    "label_size" (int [B, 2]), "valid" (bool [B]; False on padding rows), the dataset's
+    features (depth, pose, superpixels, ...) at the label size, and with `with_labels` the
+    ground truth "label" (e.g. for scores that skip ignored pixels).
   predict(images, outputs, network="model"): named outputs (e.g. ("logits",)) of a network
     of the train state ("model", or an extra such as "selector") on device, in eval mode,
     sharded over `mesh`.
+  predict_mc(images, key, passes, label_size, network="model"): float32 [B, H, W, C], the
+    mean softmax of `passes` Monte-Carlo dropout passes (eval mode with the network's
+    channel dropout on, `ripu_jax.models.mc_logits`) at `label_size`, on device.
+  groups: int [N] group of each pool image (the scene of a frame, for datasets of scenes),
+    or None.
   """
   round_number: int
   seed: int
-  batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
+  batches: Callable[..., Iterable[Mapping[str, np.ndarray]]]
   num_batches: int
   name: Callable[[int], str]
   predict: Callable[..., Mapping[str, jax.Array]]
   mesh: Any
   num_overlays: int = 0
   progress: Callable[..., Iterable] = lambda iterable, **_: iterable
+  predict_mc: Callable[..., jax.Array] | None = None
+  groups: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -241,10 +250,12 @@ class ScheduledRounds(Acquirer):
     return tuple(int(s) for s in self.active.round_steps)
 
   @staticmethod
-  def pool_batches(pool: RoundPool) -> Iterator[tuple[Mapping[str, np.ndarray], tuple[int, int]]]:
-    """(batch, label size) over one pass of the pool, with a progress bar; a round scores a
-    batch at one label size, so a batch mixing sizes raises with the fix."""
-    for batch in pool.progress(pool.batches(), total=pool.num_batches,
+  def pool_batches(pool: RoundPool, **options
+                   ) -> Iterator[tuple[Mapping[str, np.ndarray], tuple[int, int]]]:
+    """(batch, label size) over one pass of the pool (`options` go to `pool.batches`), with a
+    progress bar; a round scores a batch at one label size, so a batch mixing sizes raises
+    with the fix."""
+    for batch in pool.progress(pool.batches(**options), total=pool.num_batches,
                                desc=f"round {pool.round_number}"):
       sizes = {tuple(int(v) for v in size) for size in batch["label_size"]}
       if len(sizes) != 1:

@@ -396,3 +396,6 @@ register(DatasetSpec(
     label_space=synthetic_lib.LABEL_SPACE.name, stored_space="cityscapes19",
     builder="ripu_jax.data.builders:Synthetic", opener=_open_synthetic,
     config_type=synthetic_lib.SyntheticConfig))
+
+# The datasets ripu_jax itself defines; plug-ins (e.g. ViewAL's multi-view sets) add more.
+BUILT_IN = tuple(DATASETS.names())

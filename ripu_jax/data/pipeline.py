@@ -36,6 +36,8 @@ catalogue). Every loader carries them, each moved by its role (`FEATURE_ROLES`):
                                cx -> W - 1 - cx and fx -> -fx, so K^-1 [u', v', 1] of a
                                mirrored pixel u' = W - 1 - u is the ray of the original pixel
                                and the pose still holds. Pixel centres at integer coordinates.
+  scene        int32 []        unchanged (which scene of a multi-view dataset the frame
+                               belongs to; frames share geometry only within one scene).
 
 Dense features and intrinsics live on the *label grid*: they are resized to the labels' output
 size (`label_size`, or the label's full resolution where labels stay full-size; in selection
@@ -302,6 +304,8 @@ FEATURE_ROLES: Mapping[str, _Role] = {
                   lambda v, top, left, size: v, (4, 4)),
     "intrinsics": _Role(np.float32, False, _scale_intrinsics, _mirror_intrinsics,
                         _shift_intrinsics, (3, 3)),
+    "scene": _Role(np.int32, False, lambda v, grid, size: v, lambda v, width: v,
+                   lambda v, top, left, size: v, ()),
 }
 
 _RESERVED_KEYS = (*catalog.RESERVED_KEYS, "_grid")  # "_grid": the label grid, internal.
@@ -630,7 +634,9 @@ class _Finalize(grain.transforms.Map):
     if "valid" in element:
       out["valid"] = np.bool_(element["valid"])
     for key, role in self._features.items():
-      out[key] = np.ascontiguousarray(element[key], FEATURE_ROLES[role].dtype)
+      value = np.asarray(element[key], FEATURE_ROLES[role].dtype)
+      # ascontiguousarray would turn a scalar (role "scene") into shape [1].
+      out[key] = np.ascontiguousarray(value) if value.ndim else value
     return out
 
 

@@ -1,13 +1,17 @@
-"""Segmentation networks, their backbone, torchvision weights and a by-name registry.
+"""Segmentation networks, their backbones, torchvision weights and a by-name registry.
 
 Configs pick a network by string:
 
   model = build_model("deeplabv2", num_classes=19, rngs=nnx.Rngs(0),
                       pretrained="weights/resnet101.npz")
+  model = build_model("deeplabv3plus_mobilenet", num_classes=13, rngs=nnx.Rngs(0),
+                      pretrained="weights/mobilenet_v2.npz")   # ViewAL's network
 
 Every built-in network is a `Segmentor` (backbone + head + optional auxiliary heads):
 `model(images)` gives float32 logits, `model(images, outputs=("logits", "aux/0",
 "features"))` named outputs. A method's own network registers with `register_model`.
+Monte-Carlo dropout passes (networks built with channel dropout): `mc_logits(model, images,
+key)`, see `ripu_jax.models.deeplab`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,17 @@ from flax import nnx
 # `upsample` is the former name of `upsample_logits`, the very same function.
 from ripu_jax.image_ops import upsample_logits
 from ripu_jax.image_ops import upsample_logits as upsample
-from ripu_jax.models.deeplab import ASPPV2, DeepLabV2, DeepLabV3Plus, DeepLabV3PlusHead
+from ripu_jax.models.deeplab import (
+    ASPPV2,
+    ChannelDropout,
+    DeepLabV2,
+    DeepLabV3Plus,
+    DeepLabV3PlusHead,
+    DeepLabV3PlusMobileNet,
+    FeatureDropout,
+    MCDropoutSegmentor,
+    mc_logits,
+)
 from ripu_jax.models.layers import (
     BATCH_NORM_EPS,
     NORMS,
@@ -30,6 +44,13 @@ from ripu_jax.models.layers import (
     FrozenBatchNorm,
     FrozenStat,
     make_norm,
+)
+from ripu_jax.models.mobilenet import (
+    MOBILENET_WEIGHTS_FILE,
+    MobileNetV2,
+    load_mobilenet_npz,
+    load_mobilenet_weights,
+    mobilenet_from_torchvision,
 )
 from ripu_jax.models.resnet import (
     BasicBlock,
@@ -52,6 +73,7 @@ def register_model(name: str) -> Callable[[Callable[..., nnx.Module]], Callable[
 
 register_model("deeplabv2")(DeepLabV2)
 register_model("deeplabv3plus")(DeepLabV3Plus)
+register_model("deeplabv3plus_mobilenet")(DeepLabV3PlusMobileNet)
 
 
 def model_names() -> tuple[str, ...]:
@@ -73,18 +95,22 @@ def build_model(
     name: one of `model_names()`, e.g. "deeplabv2" or "deeplabv3plus".
     num_classes: output channels.
     rngs: random streams for the initialisation (and dropout).
-    pretrained: path to an .npz of torchvision ResNet weights (see
-      scripts/convert_torchvision_resnet.py), loaded into `model.backbone`; None keeps
-      the random initialisation.
+    pretrained: path to an .npz of torchvision ImageNet weights for the backbone, loaded
+      into `model.backbone`: a ResNet's (scripts/convert_torchvision_resnet.py) or, for a
+      `MobileNetV2` backbone, mobilenet_v2's (scripts/convert_torchvision_mobilenet.py);
+      None keeps the random initialisation.
     **kwargs: forwarded to the constructor (depth, blocks, width_multiplier, aux_heads,
-      bn_epsilon, dtype, ...).
+      bn_epsilon, channel_dropout, dtype, ...).
 
   Returns:
     The module.
   """
   model = MODELS.get(name)(num_classes, rngs=rngs, **kwargs)
   if pretrained:
-    load_torchvision_weights(model.backbone, load_torchvision_npz(pretrained))
+    if isinstance(model.backbone, MobileNetV2):
+      load_mobilenet_weights(model.backbone, load_mobilenet_npz(pretrained))
+    else:
+      load_torchvision_weights(model.backbone, load_torchvision_npz(pretrained))
   return model
 
 
@@ -94,19 +120,29 @@ __all__ = [
     "BasicBlock",
     "BatchNorm",
     "Bottleneck",
+    "ChannelDropout",
     "Conv",
     "DeepLabV2",
     "DeepLabV3Plus",
     "DeepLabV3PlusHead",
+    "DeepLabV3PlusMobileNet",
+    "FeatureDropout",
     "FrozenBatchNorm",
     "FrozenStat",
+    "MCDropoutSegmentor",
+    "MOBILENET_WEIGHTS_FILE",
+    "MobileNetV2",
     "NORMS",
     "ResNet",
     "Segmentor",
     "build_model",
+    "load_mobilenet_npz",
+    "load_mobilenet_weights",
     "load_torchvision_npz",
     "load_torchvision_weights",
     "make_norm",
+    "mc_logits",
+    "mobilenet_from_torchvision",
     "model_names",
     "register_model",
     "resnet_from_torchvision",
