@@ -145,3 +145,28 @@ def test_a_budget_larger_than_the_pool_is_refused_before_scoring():
   ledger.record_frame(0, 0)
   with pytest.raises(ConfigError, match="only 160 target pixels are left unlabelled"):
     acquirer_lib._check_budget(200, ledger, 2.5)
+
+
+def test_a_pool_without_scenes_or_superpixels_is_refused_with_the_fix():
+  from ripu_jax import sharding
+  from ripu_jax.acquisition.acquirers import RoundPool
+  config = smoke()
+  acquirer = ACQUIRERS.get("viewal")(config)
+  ledger = LabelLedger([(32, 40)] * 2, label_radius=0, suppress_radius=0)
+
+  def batches(with_labels=False):
+    del with_labels
+    yield {"image": np.zeros((2, 32, 40, 3), np.float32), "index": np.arange(2),
+           "label_size": np.tile((32, 40), (2, 1)), "valid": np.ones(2, bool),
+           "label": np.zeros((2, 32, 40), np.uint8)}
+
+  def pool(groups):
+    return RoundPool(round_number=1, seed=0, batches=batches, num_batches=1,
+                     name=lambda i: f"img{i}", predict=None, mesh=sharding.default_mesh(),
+                     predict_mc=lambda *args, **kwargs: jnp.full((2, 32, 40, 9), 1 / 9),
+                     groups=groups)
+
+  with pytest.raises(ConfigError, match="has no scene ids. Use a multi-view dataset"):
+    acquirer.run_round(pool(None), ledger)
+  with pytest.raises(ConfigError, match="lack \\['depth', 'pose', 'intrinsics', 'superpixels'\\]"):
+    acquirer.run_round(pool(np.zeros(2, np.int32)), ledger)

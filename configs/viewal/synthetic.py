@@ -3,8 +3,8 @@
   python -m ripu_jax.main --config configs/viewal/synthetic.py --workdir /tmp/viewal
   python -m ripu_jax.main --config configs/viewal/synthetic.py:smoke --workdir /tmp/smoke
   python -m ripu_jax.main --config configs/viewal/synthetic.py:entropy --workdir /tmp/ent
-      # variants: viewal (default), release (VD truncated, the release's walk), entropy,
-      # random, full (every pixel labelled: the reference); combine with smoke: :smoke,random
+      # variants: release (VD truncated, the release's walk), entropy, random, full (every
+      # pixel labelled: the reference), smoke; combined with commas (:smoke,random)
 
 Procedural rooms (`ripu_jax.methods.viewal.scenes`) at 120x160: 12 training scenes of 15
 frames, 3 val scenes. A 1/2-width DeepLab-v3+ on MobileNetV2 (random initialisation, channel
@@ -43,50 +43,5 @@ def synthetic_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  config.num_steps = 6
-  config.log_every = 2
-  config.checkpoint_every = 4
-  config.eval.every = 3
-  config.eval.batch_size = config.active.batch_size = config.train.batch_size = 2
-  config.data.viewal_synthetic.update(height=32, width=40, train_scenes=2, val_scenes=1,
-                                      frames_per_scene=4)
-  config.data.target_size = config.eval.size = (32, 40)
-  config.model.kwargs = ml_collections.ConfigDict(dict(width_multiplier=0.25, channels=16,
-                                                       low_channels=8))
-  config.active.round_steps = (2, 4)
-  config.active.labelled_fraction = 0.2
-  config.viewal.update(passes=2, budget_frames=0.5)
-  return config
-
-
-def _strategy(name):
-  def apply(config):
-    config.viewal.strategy = name
-    return config
-  return apply
-
-
-def _release(config):
-  config.viewal.mode = "release"
-  return config
-
-
-def _full(config):
-  config.active.kind = "all"
-  config.active.round_steps = ()
-  return config
-
-
-VARIANTS = {"viewal": lambda c: c, "release": _release, "entropy": _strategy("entropy"),
-            "random": _strategy("random"), "full": _full, "smoke": _smoke}
-
-
 def get_config(arg=None):
-  config = synthetic_config()
-  for part in [p.strip() for p in (arg or "").split(",") if p.strip()]:
-    if part not in VARIANTS:
-      raise ValueError(f"unknown variant {part!r} of configs/viewal/synthetic.py; choose from "
-                       f"{sorted(VARIANTS)}")
-    config = VARIANTS[part](config)
-  return config
+  return viewal_config.get_config_with_arg(synthetic_config, arg)

@@ -1,0 +1,20 @@
+"""ViewAL on SceneNet-RGBD (30 frames per trajectory, 13 classes), the release's loop.
+
+  python -m ripu_jax.methods.viewal.datasets --dataset scenenet_rgbd --manual_dir RAW --data_dir DIR
+  python scripts/convert_torchvision_mobilenet.py weights/mobilenet_v2.npz
+  python -m ripu_jax.main --config configs/viewal/scenenet_rgbd.py --workdir runs/viewal_scenenet_rgbd \
+      --config.data.data_dir=DIR [--config.active.labelled_list=RAW/selections/seedset_0_frames.txt]
+
+The first command prepares the frames at 240x320 with their SEEDS superpixels (its --help and
+the dataset's error messages say which files and layout it expects). Then: the seed frames
+labelled, 7 rounds of 50 epochs each (training restarted from ImageNet weights every round),
+1,500 frames' worth of superpixels bought per round by view entropy / view divergence.
+Variants: :release (VD truncated, as the release's walk), :entropy, :random, :full,
+:resnet101 (DeepLab-v3+ on ResNet-101, weights/resnet101.npz), :smoke.
+"""
+
+from ripu_jax.methods.viewal.config import get_config_with_arg, real_data_config
+
+
+def get_config(arg=None):
+  return get_config_with_arg(lambda: real_data_config("scenenet_rgbd"), arg)
