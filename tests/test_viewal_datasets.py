@@ -228,7 +228,7 @@ def test_interrupted_prepare_leaves_nothing_prepared(tmp_path, monkeypatch):
     catalog.open_role("viewal_synthetic", "target_train", data_dir=data_dir, prepared=True,
                       **dict(TINY, seed=5))
   assert "needs no download" in str(error.value)
-  assert "python -m ripu_jax.methods.viewal.datasets --dataset viewal_synthetic" in str(
+  assert "python -m ripu_jax.methods.viewal.prepare --dataset viewal_synthetic" in str(
       error.value) and "--seed 5" in str(error.value)
 
 

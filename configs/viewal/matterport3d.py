@@ -1,6 +1,6 @@
 """ViewAL on Matterport3D (40 NYU classes), the release's loop.
 
-  python -m ripu_jax.methods.viewal.datasets --dataset matterport3d --manual_dir RAW --data_dir DIR
+  python -m ripu_jax.methods.viewal.prepare --dataset matterport3d --manual_dir RAW --data_dir DIR
   python scripts/convert_torchvision_mobilenet.py weights/mobilenet_v2.npz
   python -m ripu_jax.main --config configs/viewal/matterport3d.py --workdir runs/viewal_matterport3d \
       --config.data.data_dir=DIR [--config.active.labelled_list=RAW/selections/seedset_0_frames.txt]

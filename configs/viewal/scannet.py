@@ -1,6 +1,6 @@
 """ViewAL on ScanNet v2 (every 35th frame, 40 NYU classes), the release's loop.
 
-  python -m ripu_jax.methods.viewal.datasets --dataset scannet --manual_dir RAW --data_dir DIR
+  python -m ripu_jax.methods.viewal.prepare --dataset scannet --manual_dir RAW --data_dir DIR
   python scripts/convert_torchvision_mobilenet.py weights/mobilenet_v2.npz
   python -m ripu_jax.main --config configs/viewal/scannet.py --workdir runs/viewal_scannet \
       --config.data.data_dir=DIR [--config.active.labelled_list=RAW/selections/seedset_0_frames.txt]

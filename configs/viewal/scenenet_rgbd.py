@@ -1,6 +1,6 @@
 """ViewAL on SceneNet-RGBD (30 frames per trajectory, 13 classes), the release's loop.
 
-  python -m ripu_jax.methods.viewal.datasets --dataset scenenet_rgbd --manual_dir RAW --data_dir DIR
+  python -m ripu_jax.methods.viewal.prepare --dataset scenenet_rgbd --manual_dir RAW --data_dir DIR
   python scripts/convert_torchvision_mobilenet.py weights/mobilenet_v2.npz
   python -m ripu_jax.main --config configs/viewal/scenenet_rgbd.py --workdir runs/viewal_scenenet_rgbd \
       --config.data.data_dir=DIR [--config.active.labelled_list=RAW/selections/seedset_0_frames.txt]

@@ -30,9 +30,9 @@ deterministically (70/15/15 %), and the seed set is drawn deterministically.
 `register_datasets()` adds the datasets and label spaces to the catalogue. To prepare from the
 command line (which registers them first):
 
-  python -m ripu_jax.methods.viewal.datasets --dataset viewal_synthetic --data_dir DIR \
+  python -m ripu_jax.methods.viewal.prepare --dataset viewal_synthetic --data_dir DIR \
       [--height 120 --width 160 --train_scenes 8 ...]
-  python -m ripu_jax.methods.viewal.datasets --dataset scannet --manual_dir RAW --data_dir DIR
+  python -m ripu_jax.methods.viewal.prepare --dataset scannet --manual_dir RAW --data_dir DIR
 
 or `prepare_dataset(name, ..., post_prepare=...)`, whose `post_prepare` runs on the finished
 folder (the hook for per-scene tables such as superpixel coverage). Preparation goes through
@@ -1138,13 +1138,13 @@ def _open_prepared(spec: catalog.DatasetSpec, split: str, data_dir, **options) -
     return _with_scene_info(catalog.open_prepared(spec, split, data_dir=data_dir, **options))
   except catalog.DatasetNotPreparedError as err:
     raise catalog.DatasetNotPreparedError(
-        str(err).replace("-m ripu_jax.data.prepare ", f"-m {_MODULE} ")) from None
+        str(err).replace("-m ripu_jax.data.prepare ", f"-m {PREPARE_COMMAND} ")) from None
 
 
 def _open_synthetic(spec: catalog.DatasetSpec, split: str, *, data_dir=None,
                     prepared: bool = False, **fields) -> Any:
   """Options: the generator fields, and `prepared` (False: generate in memory; True: read the
-  copy `python -m ripu_jax.methods.viewal.datasets --dataset viewal_synthetic` wrote)."""
+  copy `python -m ripu_jax.methods.viewal.prepare --dataset viewal_synthetic` wrote)."""
   if prepared:
     return _open_prepared(spec, split, data_dir, **fields)
   return ViewalSyntheticSplit(spec.config_from_options(fields), split)
@@ -1156,7 +1156,8 @@ def _open_real(spec: catalog.DatasetSpec, split: str, *, data_dir=None, **option
 
 # ----------------------------------------------------------------------------- catalogue
 
-_MODULE = "ripu_jax.methods.viewal.datasets"  # Also when run as __main__.
+_MODULE = "ripu_jax.methods.viewal.datasets"
+PREPARE_COMMAND = "ripu_jax.methods.viewal.prepare"  # the command line (`main`)
 
 
 def dataset_specs() -> list[catalog.DatasetSpec]:
@@ -1226,13 +1227,9 @@ def prepare_dataset(name: str, *, manual_dir: str | os.PathLike | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-  """`python -m ripu_jax.methods.viewal.datasets`: the prepare command line with these
+  """`python -m ripu_jax.methods.viewal.prepare`: the prepare command line with these
   datasets registered (same flags as `python -m ripu_jax.data.prepare`)."""
   register_datasets()
   from ripu_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   return prepare_lib.main(sys.argv[1:] if argv is None else list(argv))
 
-
-if __name__ == "__main__":
-  from ripu_jax.methods.viewal import datasets as _package_module  # The importable copy.
-  sys.exit(_package_module.main())
