@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     tests = [t for t in args.tests.split(",") if t]
     report["steps"]["acquisition_tests"] = run_step(
         "acquisition tests", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                              *tests], env, args.step_timeout)
+                              "-n", "0", *tests], env, args.step_timeout)
     save()
     acquisition_out = os.path.join(scratch, "acquisition.json")
     step = run_step("acquisition benchmark", [

@@ -60,6 +60,16 @@ def test_every_config_loads_and_validates(path):
     assert real.train.batch_size == batch
     assert (real.eln.aux_from, real.eln.self_training_from) == (
         supervised * 266, (supervised + with_eln) * 266)
+  elif name.startswith("viewal/"):
+    real = load_config(name)
+    if name != "viewal/synthetic":  # the release's loop (ViewAL spec, sections 6-7)
+      assert (real.optim.name, real.optim.base_lr, real.optim.head_lr_multiplier) == (
+          "sgd", 4e-4, 10)
+      assert real.optim.momentum == 0.9 and real.optim.weight_decay == 5e-4
+      assert real.train.batch_size == 6 and tuple(real.data.target_size) == (240, 320)
+      assert real.viewal.budget_frames == 1500 and real.viewal.passes == 20
+      assert real.num_steps == 7 * real.active.round_steps[0]
+      assert len(real.active.round_steps) == 6
   elif not os.path.basename(name).startswith("demo"):
     real = load_config(name)
     assert real.optim.base_lr == 2.5e-4 and real.optim.max_iter == 62_500
