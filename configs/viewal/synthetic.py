@@ -4,7 +4,8 @@
   python -m ripu_jax.main --config configs/viewal/synthetic.py:smoke --workdir /tmp/smoke
   python -m ripu_jax.main --config configs/viewal/synthetic.py:entropy --workdir /tmp/ent
       # variants: release (VD truncated, the release's walk), entropy, random, full (every
-      # pixel labelled: the reference), smoke; combined with commas (:smoke,random)
+      # pixel labelled, trained as long as one round: the reference), smoke; combined with
+      # commas (:smoke,random)
 
 Procedural rooms (`ripu_jax.methods.viewal.scenes`) at 120x160: 12 training scenes of 15
 frames, 3 val scenes. A 1/2-width DeepLab-v3+ on MobileNetV2 (random initialisation, channel
@@ -43,5 +44,13 @@ def synthetic_config() -> ml_collections.ConfigDict:
   return config
 
 
+def _full(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Every pixel labelled, trained as long as one round: the reference a round's model has."""
+  config.active.kind = "all"
+  config.active.round_steps = ()
+  config.num_steps = ROUND_STEPS
+  return config
+
+
 def get_config(arg=None):
-  return viewal_config.get_config_with_arg(synthetic_config, arg)
+  return viewal_config.get_config_with_arg(synthetic_config, arg, variants={"full": _full})
