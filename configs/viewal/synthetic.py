@@ -9,8 +9,9 @@
 
 Procedural rooms (`ripu_jax.methods.viewal.scenes`) at 120x160: 12 training scenes of 15
 frames, 3 val scenes. A 1/2-width DeepLab-v3+ on MobileNetV2 (random initialisation, channel
-dropout for the Monte-Carlo passes) learns from 3 seed frames, then 6 rounds each buy 2
-frames' worth of superpixels and restart training; the round's best model on val selects.
+dropout for the Monte-Carlo passes) learns from 3 seed frames for 300 steps; then 6 rounds,
+each buying 2 frames' worth of superpixels and training again from the initial weights for 300
+steps. The best model on val of each stretch selects the next round's superpixels.
 """
 
 import ml_collections
@@ -18,7 +19,7 @@ import ml_collections
 from ripu_jax import config_lib
 from ripu_jax.methods.viewal import config as viewal_config
 
-ROUND_STEPS = 150
+ROUND_STEPS = 300
 
 
 def synthetic_config() -> ml_collections.ConfigDict:
@@ -38,7 +39,7 @@ def synthetic_config() -> ml_collections.ConfigDict:
   config.optim.base_lr = 1e-2
   config.log_every = 25
   config.checkpoint_every = ROUND_STEPS
-  config.eval.every = 50
+  config.eval.every = 100
   config.eval.batch_size = 6
   config.active.batch_size = 6
   return config

@@ -19,6 +19,7 @@ rate, so the rest of the 160 stage is dilated too. Features: {"low": output of
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ripu_jax.models import torchvision_weights
 from ripu_jax.models.layers import (
     BATCH_NORM_EPS,
     BatchNorm,
@@ -251,22 +253,11 @@ class MobileNetV2(nnx.Module):
 # ---------------------------------------------------------------------------------------
 # torchvision weights
 
-_BN_KEYS = ("weight", "bias", "running_mean", "running_var")
-
-
-def _torchvision_targets(model: MobileNetV2) -> dict[str, tuple[nnx.Variable, tuple[int, ...]]]:
+def _torchvision_targets(model: MobileNetV2) -> torchvision_weights.Targets:
   """torchvision key -> (variable to fill, torch-layout shape it expects)."""
-  targets: dict[str, tuple[nnx.Variable, tuple[int, ...]]] = {}
-
-  def add_conv(prefix: str, conv: Conv):
-    kh, kw, in_features, out_features = conv.kernel.shape
-    targets[f"{prefix}.weight"] = (conv.kernel, (out_features, in_features, kh, kw))
-
-  def add_bn(prefix: str, bn: FrozenBatchNorm | BatchNorm):
-    for name in _BN_KEYS:
-      variable = getattr(bn, name)
-      targets[f"{prefix}.{name}"] = (variable, tuple(variable.shape))
-
+  targets: torchvision_weights.Targets = {}
+  add_conv = functools.partial(torchvision_weights.conv_target, targets)
+  add_bn = functools.partial(torchvision_weights.bn_target, targets)
   stem = model.features[0]
   add_conv("features.0.0", stem.conv)
   add_bn("features.0.1", stem.bn)
@@ -285,10 +276,6 @@ def _is_ignored_key(key: str) -> bool:
   # segmentation backbone.
   return (key.startswith("classifier.") or key.startswith("features.18.")
           or key.endswith("num_batches_tracked"))
-
-
-def _kept_random(key: str, keep_random: Sequence[str]) -> bool:
-  return any(key == prefix or key.startswith(prefix + ".") for prefix in keep_random)
 
 
 def load_mobilenet_weights(model: MobileNetV2, state_dict: Mapping[str, Any], *,
@@ -310,37 +297,11 @@ def load_mobilenet_weights(model: MobileNetV2, state_dict: Mapping[str, Any], *,
   Returns:
     `model`.
   """
-  targets = _torchvision_targets(model)
-  keep_random = tuple(keep_random)
-  unmatched = [prefix for prefix in keep_random if not any(
-      _kept_random(key, (prefix,)) for key in targets)]
-  if unmatched:
-    raise ValueError(f"keep_random names no variable of this MobileNetV2: {unmatched}; give "
-                     "torchvision keys or their prefixes, e.g. 'features.0.0'")
-  loaded = {key: target for key, target in targets.items()
-            if not _kept_random(key, keep_random)}
-  missing = [key for key in loaded if key not in state_dict]
-  if missing:
-    raise ValueError(f"state dict is missing {len(missing)} key(s) the MobileNetV2 needs, "
-                     f"e.g. {missing[:5]}")
-  unexpected = [key for key in state_dict if key not in targets and not _is_ignored_key(key)]
-  if unexpected:
-    raise ValueError(f"state dict has {len(unexpected)} key(s) this MobileNetV2 does not "
-                     f"have (not a torchvision mobilenet_v2?), e.g. {unexpected[:5]}")
-  for key, (variable, torch_shape) in loaded.items():
-    array = np.asarray(state_dict[key])
-    if array.shape != torch_shape:
-      if key == "features.0.0.weight" and array.ndim == 4 and array.shape[1] != torch_shape[1]:
-        hint = (f": the stem takes {torch_shape[1]} input channels (in_channels) and these "
-                f"weights {array.shape[1]}; pass keep_random=('features.0.0',) to keep a "
-                "random stem and load everything else")
-      else:
-        hint = " (width_multiplier or round_nearest differ from the checkpoint's?)"
-      raise ValueError(
-          f"state dict key {key!r} has shape {array.shape}, expected {torch_shape}{hint}")
-    if array.ndim == 4:
-      array = array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    variable.set_value(jnp.asarray(array, variable.dtype))
+  torchvision_weights.fill(
+      _torchvision_targets(model), state_dict, network="MobileNetV2", ignored=_is_ignored_key,
+      keep_random=keep_random, stem="features.0.0", examples="'features.0.0'",
+      unexpected_hint="not a torchvision mobilenet_v2?",
+      shape_hint=" (width_multiplier or round_nearest differ from the checkpoint's?)")
   return model
 
 
@@ -370,11 +331,7 @@ def mobilenet_from_torchvision(
 
 def load_mobilenet_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads the .npz written by scripts/convert_torchvision_mobilenet.py (key -> array)."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise ValueError(
-        f"pretrained weights file {path!r} does not exist; convert torchvision's ImageNet "
-        f"mobilenet_v2 (IMAGENET1K_V1, mobilenet_v2-b0353104.pth) with "
-        f"scripts/convert_torchvision_mobilenet.py (default output {MOBILENET_WEIGHTS_FILE})")
-  with np.load(path, allow_pickle=False) as archive:
-    return {key: archive[key] for key in archive.files}
+  return torchvision_weights.read_npz(
+      path, "convert torchvision's ImageNet mobilenet_v2 (IMAGENET1K_V1, "
+      "mobilenet_v2-b0353104.pth) with scripts/convert_torchvision_mobilenet.py (default "
+      f"output {MOBILENET_WEIGHTS_FILE})")

@@ -13,6 +13,7 @@ batch statistics (ELN), with fixed or trained scale and shift.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ripu_jax.models import torchvision_weights
 from ripu_jax.models.layers import (
     BATCH_NORM_EPS,
-    BatchNorm,
     Conv,
-    FrozenBatchNorm,
     canonical_dtype,
     check_bn_epsilon,
     check_norm,
@@ -300,26 +300,11 @@ class ResNet(nnx.Module):
 # ---------------------------------------------------------------------------------------
 # torchvision weights
 
-_BN_KEYS = ("weight", "bias", "running_mean", "running_var")
-
-
-def _torchvision_targets(model: ResNet) -> dict[str, tuple[nnx.Variable, tuple[int, ...]]]:
+def _torchvision_targets(model: ResNet) -> torchvision_weights.Targets:
   """torchvision key -> (variable to fill, torch-layout shape it expects)."""
-  targets: dict[str, tuple[nnx.Variable, tuple[int, ...]]] = {}
-
-  def add_conv(prefix: str, conv: Conv):
-    kh, kw, in_features, out_features = conv.kernel.shape
-    targets[f"{prefix}.weight"] = (conv.kernel, (out_features, in_features, kh, kw))
-
-  def add_bn(prefix: str, bn: FrozenBatchNorm | BatchNorm):
-    # Both batch-norm kinds hold the same four variables under torchvision's names.
-    if not isinstance(bn, (FrozenBatchNorm, BatchNorm)):
-      raise ValueError(f"{prefix} is a {type(bn).__name__}, expected FrozenBatchNorm or "
-                       "BatchNorm")
-    for name in _BN_KEYS:
-      variable = getattr(bn, name)
-      targets[f"{prefix}.{name}"] = (variable, tuple(variable.shape))
-
+  targets: torchvision_weights.Targets = {}
+  add_conv = functools.partial(torchvision_weights.conv_target, targets)
+  add_bn = functools.partial(torchvision_weights.bn_target, targets)
   add_conv("conv1", model.conv1)
   add_bn("bn1", model.bn1)
   for layer_name in ("layer1", "layer2", "layer3", "layer4"):
@@ -336,10 +321,6 @@ def _torchvision_targets(model: ResNet) -> dict[str, tuple[nnx.Variable, tuple[i
 
 def _is_ignored_key(key: str) -> bool:
   return key.startswith("fc.") or key.endswith("num_batches_tracked")
-
-
-def _kept_random(key: str, keep_random: Sequence[str]) -> bool:
-  return any(key == prefix or key.startswith(prefix + ".") for prefix in keep_random)
 
 
 def load_torchvision_weights(model: ResNet, state_dict: Mapping[str, Any], *,
@@ -366,38 +347,10 @@ def load_torchvision_weights(model: ResNet, state_dict: Mapping[str, Any], *,
   Returns:
     `model`.
   """
-  targets = _torchvision_targets(model)
-  keep_random = tuple(keep_random)
-  unmatched = [prefix for prefix in keep_random if not any(
-      _kept_random(key, (prefix,)) for key in targets)]
-  if unmatched:
-    raise ValueError(f"keep_random names no variable of this ResNet: {unmatched}; give "
-                     "torchvision keys or their prefixes, e.g. 'conv1' or 'layer1.0.conv2'")
-  loaded = {key: target for key, target in targets.items()
-            if not _kept_random(key, keep_random)}
-  missing = [key for key in loaded if key not in state_dict]
-  if missing:
-    raise ValueError(
-        f"state dict is missing {len(missing)} key(s) the ResNet needs, e.g. "
-        f"{missing[:5]}")
-  unexpected = [key for key in state_dict if key not in targets and not _is_ignored_key(key)]
-  if unexpected:
-    raise ValueError(
-        f"state dict has {len(unexpected)} key(s) this ResNet does not have (wrong depth "
-        f"or blocks?), e.g. {unexpected[:5]}")
-  for key, (variable, torch_shape) in loaded.items():
-    array = np.asarray(state_dict[key])
-    if array.shape != torch_shape:
-      hint = ""
-      if key == "conv1.weight" and array.ndim == 4 and array.shape[1] != torch_shape[1]:
-        hint = (f": the stem takes {torch_shape[1]} input channels (in_channels) and these "
-                f"weights {array.shape[1]}; pass keep_random=('conv1',) to keep a random "
-                "stem and load everything else")
-      raise ValueError(
-          f"state dict key {key!r} has shape {array.shape}, expected {torch_shape}{hint}")
-    if array.ndim == 4:
-      array = array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    variable.set_value(jnp.asarray(array, variable.dtype))
+  torchvision_weights.fill(
+      _torchvision_targets(model), state_dict, network="ResNet", ignored=_is_ignored_key,
+      keep_random=keep_random, stem="conv1", examples="'conv1' or 'layer1.0.conv2'",
+      unexpected_hint="wrong depth or blocks?")
   return model
 
 
@@ -447,11 +400,6 @@ def resnet_from_torchvision(
 
 def load_torchvision_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads the .npz written by scripts/convert_torchvision_resnet.py (key -> array)."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise ValueError(
-        f"pretrained weights file {path!r} does not exist; convert torchvision's "
-        f"ResNet checkpoint (e.g. resnet101-5d3b4d8f.pth) with "
-        f"scripts/convert_torchvision_resnet.py")
-  with np.load(path, allow_pickle=False) as archive:
-    return {key: archive[key] for key in archive.files}
+  return torchvision_weights.read_npz(
+      path, "convert torchvision's ResNet checkpoint (e.g. resnet101-5d3b4d8f.pth) with "
+      "scripts/convert_torchvision_resnet.py")
