@@ -9,7 +9,7 @@
 
 Procedural rooms (`ripu_jax.methods.viewal.scenes`) at 120x160: 12 training scenes of 15
 frames, 3 val scenes. A 1/2-width DeepLab-v3+ on MobileNetV2 (random initialisation, channel
-dropout for the Monte-Carlo passes) learns from 3 seed frames for 300 steps; then 6 rounds,
+dropout for the Monte-Carlo passes) learns from 2 seed frames for 300 steps; then 6 rounds,
 each buying 2 frames' worth of superpixels and training again from the initial weights for 300
 steps. The best model on val of each stretch selects the next round's superpixels.
 """
