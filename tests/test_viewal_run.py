@@ -170,3 +170,12 @@ def test_a_pool_without_scenes_or_superpixels_is_refused_with_the_fix():
     acquirer.run_round(pool(None), ledger)
   with pytest.raises(ConfigError, match="lack \\['depth', 'pose', 'intrinsics', 'superpixels'\\]"):
     acquirer.run_round(pool(np.zeros(2, np.int32)), ledger)
+
+
+def test_a_schedule_buying_more_than_the_pool_is_refused_before_training(tmp_path):
+  config = smoke()
+  config.viewal.budget_frames = 5.0  # 2 rounds of 5 frames; 7 of the 8 frames are unlabelled
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ConfigError, match="2 rounds of viewal.budget_frames=5.0"):
+    train.train_and_evaluate(config, workdir)
+  assert not os.path.exists(workdir)

@@ -76,6 +76,16 @@ class ViewalRounds(ScheduledRounds, LabelledSplit):
   def buys_target_labels(self) -> bool:
     return True
 
+  def start(self, ledger, names) -> RoundResult:
+    """The seed frames; then the whole schedule's budget is checked against the pool, before
+    any training."""
+    result = LabelledSplit.start(self, ledger, names)
+    height, width = (int(v) for v in ledger.label_shapes[0])
+    rounds = len(self.round_steps)
+    _check_budget(rounds * int(round(self.config.viewal.budget_frames * height * width)),
+                  ledger, self.config.viewal.budget_frames, rounds)
+    return result
+
   def run_round(self, pool: RoundPool, ledger) -> RoundResult:
     viewal = self.config.viewal
     if pool.round_number in ledger.rounds_recorded:
@@ -227,11 +237,12 @@ class ViewalRounds(ScheduledRounds, LabelledSplit):
                        strategy=self.config.viewal.strategy, overlays=overlays)
 
 
-def _check_budget(budget: int, ledger, budget_frames: float) -> None:
-  """A round's budget must fit in the pixels not labelled yet."""
+def _check_budget(budget: int, ledger, budget_frames: float, rounds: int = 1) -> None:
+  """`rounds` rounds' budget (`budget` pixels) must fit in the pixels not labelled yet."""
   total = int(np.prod(ledger.label_shapes, axis=1).sum())
   left = total - ledger.labeled_pixels()
   if budget > left:
-    raise ConfigError(f"invalid config: a round buys viewal.budget_frames={budget_frames} "
+    what = "a round buys" if rounds == 1 else f"{rounds} rounds of"
+    raise ConfigError(f"invalid config: {what} viewal.budget_frames={budget_frames} "
                       f"frames' worth of pixels ({budget}), but only {left} target pixels are "
                       "left unlabelled; lower viewal.budget_frames or run fewer rounds")
