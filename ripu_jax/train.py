@@ -225,7 +225,7 @@ class Trainer:
   def reinitialize(self) -> None:
     """The train state as a new run starts it: the model from its initial weights (the
     config's seed and `model.pretrained`), new optimizers, fresh extras. For methods that
-    train again from scratch every round); the ledger and the step stay."""
+    train again from scratch every round; the ledger and the step stay."""
     if self._init_dir:
       raise ConfigError("restarting training is not supported with model.init_from; start "
                         "from model.pretrained weights instead")
