@@ -15,7 +15,10 @@ position i * (in - 1) / (out - 1). Two implementations of that one sampling rule
   another order).
 
 `upsample_to_labels(logits, label_size, input_size)` is the acquisition's path, as the
-release's rounds take it: network output -> the network's input size -> the label size.
+release's rounds take it: network output -> the network's input size -> the label size. The
+two steps are one linear map per axis, applied as such (`two_step_taps`: at most three
+non-zero weights per output row, from the product of the two steps' matrices in float64):
+one pass over the label-size output instead of two, and one float32 rounding instead of two.
 """
 
 from __future__ import annotations
@@ -112,6 +115,44 @@ def _resize_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
           + jnp.take(x, jnp.asarray(hi), axis=axis) * weights(w_hi))
 
 
+@functools.lru_cache(maxsize=64)
+def two_step_taps(out_size: int, mid_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(index, weight), each [out_size, T]: align_corners bilinear in_size -> mid_size ->
+  out_size as one step, output i = sum_t weight[i, t] * in[index[i, t]].
+
+  The product of the two steps' weight matrices, in float64 (weights stored as float32);
+  T = the most non-zero weights of any row (3 at most), each row's taps consecutive.
+  """
+  def matrix(out, n):
+    lo, hi, _, _ = bilinear_taps(out, n)
+    scale = (n - 1) / (out - 1) if out > 1 and n > 1 else 0.0
+    frac = np.arange(out) * scale - lo
+    m = np.zeros((out, n))
+    np.add.at(m, (np.arange(out), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(out), hi), frac)
+    return m
+
+  product = matrix(out_size, mid_size) @ matrix(mid_size, in_size)
+  nonzero = product != 0
+  first = nonzero.argmax(axis=1)
+  last = in_size - 1 - nonzero[:, ::-1].argmax(axis=1)
+  taps = int((last - first).max()) + 1
+  index = np.minimum(first, in_size - taps)[:, None] + np.arange(taps)
+  weight = np.take_along_axis(product, index, axis=1)
+  return index.astype(np.int32), weight.astype(np.float32)
+
+
+def _apply_taps(x: jax.Array, axis: int, index: np.ndarray, weight: np.ndarray) -> jax.Array:
+  shape = [1] * x.ndim
+  shape[axis] = index.shape[0]
+  out = None
+  for t in range(index.shape[1]):
+    term = (jnp.take(x, jnp.asarray(index[:, t]), axis=axis, mode="clip")
+            * jnp.asarray(weight[:, t], x.dtype).reshape(shape))
+    out = term if out is None else out + term
+  return out
+
+
 def resize_bilinear_taps(x: jax.Array, size: Sequence[int]) -> jax.Array:
   """`resize_bilinear` for forward passes: two gathered taps per axis instead of matrices.
 
@@ -132,15 +173,21 @@ def upsample_to_labels(logits: jax.Array, label_size: Sequence[int],
                        input_size: Sequence[int] | None = None) -> jax.Array:
   """float32 NHWC logits at `label_size`, forward only (evaluation, acquisition).
 
-  With `input_size` (the network's input, H x W), in two steps as the release's rounds:
-  logits -> input size -> label size, each bilinear with align_corners; without it, or when
-  it equals either end, one step.
+  With `input_size` (the network's input, H x W): as the release's rounds, logits -> input
+  size -> label size, each step bilinear with align_corners, applied as one map per axis
+  (`two_step_taps`); without it, or when it equals either end, one step.
   """
   _check_nhwc(logits, "logits")
   label_size = _size(label_size, "label_size")
   x = jnp.asarray(logits, jnp.float32)
-  if input_size is not None:
-    input_size = _size(input_size, "input_size")
-    if input_size != label_size:
-      x = resize_bilinear_taps(x, input_size)
-  return resize_bilinear_taps(x, label_size)
+  if input_size is None:
+    return resize_bilinear_taps(x, label_size)
+  input_size = _size(input_size, "input_size")
+  if input_size in (label_size, tuple(x.shape[1:3])):
+    return resize_bilinear_taps(x, label_size)
+  (out_h, out_w), (in_h, in_w) = label_size, x.shape[1:3]
+  rows = two_step_taps(out_h, input_size[0], in_h)
+  columns = two_step_taps(out_w, input_size[1], in_w)
+  if out_w * in_h <= out_h * in_w:  # the axis that leaves the smaller intermediate first
+    return _apply_taps(_apply_taps(x, 2, *columns), 1, *rows)
+  return _apply_taps(_apply_taps(x, 1, *rows), 2, *columns)

@@ -24,7 +24,8 @@ k=32 with 40 pixels over 5 rounds), on one image's logits (C = 19), along two pa
   are another map, whose selection can take another number of band fetches.)
 
 * ripu_jax: score pass (on the network path with the upsample before it, each its own
-  program, as the round runs them), greedy selection, and the whole round as `select_round`
+  program, as the round runs them: on CPU the upsample writes into the label-size logits of
+  the round's previous call, donated), greedy selection, and the whole round as `select_round`
   compiles it (all in: finiteness check, upsample, scores, selection, masks), for each score
   implementation in
   --impls ("cpu" and "reduce_window" by default: one row each, field `impl`); medians of
@@ -67,7 +68,6 @@ from ripu_jax import image_ops
 from ripu_jax.acquisition import greedy as greedy_lib
 from ripu_jax.acquisition import scores as scores_lib
 from ripu_jax.acquisition import selection_round
-from ripu_jax.acquisition import strategies as strategies_lib
 
 NUM_CLASSES = 19
 PATHS = ("network", "label", "upsampled")
@@ -213,8 +213,6 @@ def bench_ripu_jax(path, name, plan, runs, floor, impls) -> list[tuple[dict, np.
   logits = path.logits
   height, width = path.label_size
   excluded = jnp.zeros((1, height, width), bool)
-  strategy = acquisition.get_strategy("ripu")
-  keys = jax.random.key(0)[None]
   ids, seed = jnp.zeros((1,), jnp.int32), jnp.int32(0)
 
   def select_fn(score):
@@ -223,23 +221,16 @@ def bench_ripu_jax(path, name, plan, runs, floor, impls) -> list[tuple[dict, np.
                                    suppress_radius=plan.suppress_radius)
 
   select_jit = jax.jit(select_fn)
-  upsample_jit = jax.jit(functools.partial(image_ops.upsample_to_labels,
-                                           label_size=path.label_size,
-                                           input_size=path.input_size))
   calls, rounds, scores = {}, {}, {}
   for impl in impls:
-    score_jit = jax.jit(functools.partial(strategies_lib.call_strategy, strategy,
-                                          radius=plan.radius, mode=plan.mode, keys=keys,
-                                          impl=impl))
-
-    def score_call(score_jit=score_jit):
-      """Upsample (network path) and score as two programs, as the round runs them."""
-      return score_jit(upsample_jit(logits) if path.input_size else logits)
-
     # The whole round exactly as `acquisition.select_round` compiles it (device-resident
-    # inputs).
+    # inputs); "score" is its upsample (network path) and score stages, as the round runs them.
     round_fn = selection_round._compiled_round(  # pylint: disable=protected-access
         acquisition.default_mesh(), "ripu", (height, width), plan, path.input_size, impl)
+
+    def score_call(round_fn=round_fn):
+      return round_fn.scores((logits,), ids, seed)[0]
+
     scores[impl] = jax.block_until_ready(score_call())
     rounds[impl] = round_fn
     calls[(impl, "score")] = score_call

@@ -102,3 +102,54 @@ def test_ripu_rounds_in_the_trainer_go_through_the_pool_images_size():
                                   label_size=label_size, input_size=input_size)
   for record in result.images:
     np.testing.assert_array_equal(record.labeled, want.labeled[record.index])
+
+
+def test_a_round_writing_into_its_previous_label_size_logits_picks_as_a_fresh_one():
+  """On CPU the round donates one call's label-size logits to the next call's upsample; the
+  picks of every call match a round compiled afresh, also when the batch size changes."""
+  from ripu_jax import sharding  # pylint: disable=g-import-not-at-top
+  from ripu_jax.acquisition import selection_round  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  input_size, label_size = (10, 16), (19, 31)
+  plan = acquisition.plan_round("ra", *label_size, radius=1, rounds=2, ratio=0.2)
+  mesh = sharding.default_mesh()
+  run = selection_round._compile_round(mesh, "ripu", label_size, plan, input_size, "cpu")
+  assert run._recycle
+  for batch in (2, 2, 1, 1):
+    logits = jnp.asarray((rng.normal(size=(batch, 5, 8, 6)) * 3).astype(np.float32))
+    excluded = jnp.zeros((batch, *label_size), bool)
+    ids = jnp.arange(batch, dtype=jnp.int32)
+    scratch = run._scratch
+    got, finite = run((logits,), excluded, ids, np.int32(0))
+    assert bool(np.all(finite))
+    if scratch is not None and scratch[0].shape[0] == batch:
+      assert scratch[0].is_deleted()  # donated: the upsample wrote into it
+    assert run._scratch is not None and run._scratch[0].shape == (batch, *label_size, 6)
+    selection_round._compile_round.cache_clear()  # select_round compiles a fresh round
+    want = acquisition.select_round(np.asarray(logits), plan=plan, label_size=label_size,
+                                    input_size=input_size)
+    np.testing.assert_array_equal(np.asarray(got.picks), want.picks)
+    np.testing.assert_array_equal(np.asarray(got.labeled), want.labeled)
+
+
+@pytest.mark.parametrize("out_size, mid_size, in_size", [
+    (1024, 640, 80), (2048, 1280, 160), (17, 6, 3), (23, 9, 5), (9, 9, 4), (9, 4, 4),
+    (5, 1, 3), (1, 4, 3), (6, 3, 1)])
+def test_two_step_taps_are_the_product_of_the_two_steps(out_size, mid_size, in_size):
+  index, weight = image_ops.two_step_taps(out_size, mid_size, in_size)
+  assert index.shape == weight.shape and index.shape[0] == out_size and index.shape[1] <= 3
+  assert index.min() >= 0 and index.max() < in_size
+  rebuilt = np.zeros((out_size, in_size))
+  np.add.at(rebuilt, (np.arange(out_size)[:, None], index), weight)
+  product = (image_ops.interpolation_matrix(out_size, mid_size).astype(np.float64)
+             @ image_ops.interpolation_matrix(mid_size, in_size).astype(np.float64))
+  np.testing.assert_allclose(rebuilt, product, atol=1e-6)
+
+
+def test_the_two_steps_at_release_scale_match_two_separate_resizes():
+  rng = np.random.default_rng(5)
+  x = jnp.asarray((rng.normal(size=(1, 20, 40, 3)) * 4).astype(np.float32))
+  got = np.asarray(image_ops.upsample_to_labels(x, (256, 512), input_size=(160, 320)))
+  want = np.asarray(image_ops.resize_bilinear_taps(
+      image_ops.resize_bilinear_taps(x, (160, 320)), (256, 512)))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=2e-6)
