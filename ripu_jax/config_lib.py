@@ -98,6 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.active.round_steps = (10_000, 12_000, 14_000, 16_000, 18_000)
   config.active.batch_size = 2  # target images scored per selection batch
   config.active.num_overlays = 4  # pictures per round under workdir/rounds/<r>/overlays
+  # Mean superpixel size in pixels of the "ra_superpixels" acquirer's SEEDS superpixels.
+  config.active.superpixel_area = 64
   # Who answers the queries: "ground_truth" (the dataset's labels) or "annotators" (after each
   # round the run writes labelling tasks and stops; see ripu_jax.annotations).
   config.active.oracle = "ground_truth"

@@ -122,6 +122,12 @@ def test_configs_follow_the_protocol(tmp_path):
   strategies = {compare.make_config(s, 0, str(tmp_path), **kwargs).active.strategy
                 for s in compare.SETTINGS if "_ra_" in s.name}
   assert strategies == {"ripu", "random", "entropy", "confidence", "impurity", "uncertainty"}
+  # RIPU's region-shape ablation: the ViewAL plug-in's superpixel rounds, RIPU-RA's budget.
+  shapes = compare.make_config(by_name["ripu_superpixels_2.2"], 1, str(tmp_path), **kwargs)
+  assert (shapes.active.kind, shapes.active.strategy, shapes.active.ratio) == (
+      "ra_superpixels", "ripu", 0.022)
+  assert "ripu_jax.methods.viewal" in shapes.plugins
+  assert tuple(shapes.active.round_steps) == tuple(ripu.active.round_steps)
 
 
 def stored_config(seed, setting):

@@ -26,6 +26,9 @@ images are the same for every seed):
      auxiliary heads and the ELN from adapt_steps, self-training from a quarter of the extra
      steps later); `ripu_ra_2.2_long` is its baseline, RIPU simply continued for those steps.
      Both are RIPU-RA 2.2% with a longer schedule until adapt_steps, step for step the same.
+     `ripu_superpixels_2.2` is RIPU-RA 2.2% with SEEDS superpixels (64 pixels on average) as
+     regions in place of 3x3 squares, bought in pool-wide score order (RIPU's region-shape
+     ablation; the acquirer "ra_superpixels" of ripu_jax.methods.viewal).
   4. `eln_semi_1-8` and `supervised_1-8` are the semi-supervised setting (configs/eln/
      demo_semi.py): no source domain, no source-only model; 1/8 of the target training images
      labelled, source_steps + adapt_steps steps of ELN's three stages (supervised to 40% of
@@ -86,7 +89,8 @@ class Setting:
   budget: str  # the budget in words
   overrides: tuple  # ((config field, value), ...) applied to the adaptation config
   # "labor_spl" / "labor_ppl": LabOR's objective and acquirer (its config); "ripu_eln": the
-  # ELN stage after RIPU; "eln_semi" / "supervised_semi": the semi-supervised setting.
+  # ELN stage after RIPU; "eln_semi" / "supervised_semi": the semi-supervised setting;
+  # "ripu_superpixels": RIPU's score over SEEDS superpixels (the ViewAL plug-in's acquirer).
   method: str = ""
   warmup_rounds: int = 0  # round intervals trained before the first round (LabOR's warm-up)
   extended: bool = False  # adapt_steps x 1.5 (the ELN stage and its baseline)
@@ -127,6 +131,9 @@ SETTINGS = (
     Setting("supervised_1-8", "supervised (semi-supervised net)", "1/8 of the images", (),
             method="supervised_semi"),
     Setting("eln_semi_1-8", "ELN self-training", "1/8 of the images", (), method="eln_semi"),
+    Setting("ripu_superpixels_2.2", "RIPU over superpixels (RA)", "2.2% (superpixels)", (
+        ("active.kind", "ra_superpixels"), ("active.strategy", "ripu"),
+        ("active.ratio", 0.022)), method="ripu_superpixels"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -202,6 +209,8 @@ def make_config(setting: Setting, seed: int, workdir: str, *, source_steps: int,
     eln_config.after_ripu_config(config, num_steps=steps, aux_from=adapt_steps,
                                  self_training_from=adapt_steps + (steps - adapt_steps) // 4)
     config.eln.network = eln_config.network_config(smoke)
+  if setting.method == "ripu_superpixels":
+    config.plugins = tuple(config.plugins) + ("ripu_jax.methods.viewal",)
   if setting.method:
     from ripu_jax import registry  # pylint: disable=g-import-not-at-top
     registry.import_plugins(config.plugins)

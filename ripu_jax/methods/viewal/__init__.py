@@ -5,7 +5,8 @@ ViewAL asks for labels: superpixels ranked by view entropy, the view with the la
 divergence labelled. Importing this package registers the multi-view datasets
 (`viewal_synthetic`, `scannet`, `scenenet_rgbd`, `matterport3d`), the objective "viewal"
 (training restarted each round, the round's best-val model kept for selection) and the
-acquirer "viewal" (seed frames, then superpixel rounds; "entropy" and "random" baselines);
+acquirer "viewal" (seed frames, then superpixel rounds; "entropy" and "random" baselines),
+and the acquirer "ra_superpixels" (RIPU's score pooled over superpixels, on any dataset);
 the configs under configs/viewal/ name it in `plugins`. Spec:
 ../shared/docs/viewal-method.md.
 """
@@ -13,6 +14,7 @@ the configs under configs/viewal/ name it in `plugins`. Spec:
 from ripu_jax.methods.viewal import datasets
 from ripu_jax.methods.viewal import acquirer  # noqa: F401  (registers "viewal")
 from ripu_jax.methods.viewal import objective  # noqa: F401  (registers "viewal")
+from ripu_jax.methods.viewal import superpixel_rounds  # noqa: F401  ("ra_superpixels")
 from ripu_jax.methods.viewal.config import viewal_config, viewal_group  # noqa: F401
 
 datasets.register_datasets()
