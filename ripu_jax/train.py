@@ -422,7 +422,8 @@ class Trainer:
         name=split.name, predict=self.predict, mesh=self.mesh,
         num_overlays=active.num_overlays,
         progress=lambda iterable, **kwargs: self._bar(iterable=iterable, leave=False, **kwargs),
-        predict_mc=self.predict_mc, groups=getattr(split, "scene_ids", None))
+        predict_mc=self.predict_mc, groups=getattr(split, "scene_ids", None),
+        coverage=getattr(split, "scene_coverage", None))
     result = self.acquirer.run_round(pool, self.ledger)
     self._export_round(round_number, result)
     return result

@@ -16,8 +16,10 @@ from ripu_jax.data import catalog
 from ripu_jax.data import manual
 from ripu_jax.data import pipeline
 from ripu_jax.data import reader
+from ripu_jax.methods.viewal import coverage
 from ripu_jax.methods.viewal import datasets
 from ripu_jax.methods.viewal import scenes
+from ripu_jax.methods.viewal import scoring
 
 RNG = np.random.default_rng(0)
 TINY = dict(height=30, width=40, train_scenes=2, val_scenes=1, test_scenes=1,
@@ -205,6 +207,47 @@ def test_prepare_synthetic_matches_the_generator_and_runs_the_hook(tmp_path, cap
   np.testing.assert_array_equal(prepared.seed_indices, generated.seed_indices)
   assert prepared.scene_names == generated.scene_names
   np.testing.assert_array_equal(prepared.class_presence, generated.class_presence)
+  # The coverage tables were written at prepare time, one per scene, and read back as the
+  # table of the scene's frames; the generated split computes the same ones.
+  tables = sorted(os.listdir(os.path.join(directory, coverage.FOLDER)))
+  assert tables == sorted(f"{name}.npz" for name in prepared.scene_names)
+  for scene in np.unique(prepared.scene_ids):
+    frames = [generated[int(i)] for i in np.flatnonzero(generated.scene_ids == scene)]
+    superpixels = np.stack([f["superpixels"] for f in frames])
+    want = scoring.coverage_table(
+        *(np.stack([f[k] for f in frames]) for k in ("depth", "intrinsics", "pose")),
+        superpixels, int(superpixels.max()) + 1)
+    np.testing.assert_array_equal(prepared.scene_coverage(scene), np.asarray(want))
+    np.testing.assert_array_equal(generated.scene_coverage(scene), np.asarray(want))
+    assert generated.scene_coverage(scene) is generated.scene_coverage(scene)  # kept
+  # Another visibility threshold: computed from the frames, not read.
+  other = prepared.scene_coverage(0, distance_threshold=0.01)
+  assert other.sum() < prepared.scene_coverage(0).sum()
+
+
+def test_missing_or_foreign_coverage_tables_say_how_to_write_them(tmp_path):
+  data_dir = str(tmp_path / "prepared")
+  config = scenes.ViewalSyntheticConfig(**dict(TINY, seed=3))
+  directory = datasets.prepare_dataset("viewal_synthetic", data_dir=data_dir, config=config)
+  split = catalog.open_role("viewal_synthetic", "target_train", data_dir=data_dir,
+                            prepared=True, **dict(TINY, seed=3))
+  path = coverage.table_path(directory, split.scene_names[0])
+  with np.load(path) as stored:
+    kept = dict(stored)
+  os.remove(path)
+  with pytest.raises(coverage.CoverageMissingError) as error:
+    split.scene_coverage(0)
+  assert "python -m ripu_jax.methods.viewal.prepare --dataset viewal_synthetic" in str(
+      error.value) and "--seed 3" in str(error.value)
+  # An interrupted write leaves only a partial file, which does not count as a table.
+  with open(path + ".partial.npz", "wb") as f:
+    f.write(b"half")
+  assert coverage.write_tables(directory, [split]) == 1  # only the missing one
+  np.testing.assert_array_equal(split.scene_coverage(0), kept["cov"])
+  np.savez(path, cov=kept["cov"], frames=np.asarray(["other"] * len(kept["frames"])),
+           distance_threshold=kept["distance_threshold"])
+  with pytest.raises(ValueError, match="other frames"):
+    split.scene_coverage(0)
 
 
 def test_interrupted_prepare_leaves_nothing_prepared(tmp_path, monkeypatch):
@@ -379,6 +422,9 @@ def test_prepare_scannet_at_the_working_size(scannet_fake, tmp_path):
   assert int(example["scene"]) == split.scene_ids[1]
   ids = np.unique(example["superpixels"])
   assert ids.tolist() == list(range(len(ids)))
+  table = split.scene_coverage(int(split.scene_ids[0]))
+  num_superpixels = max(int(split[i]["superpixels"].max()) for i in range(2)) + 1
+  assert table.shape == (2, num_superpixels, 2, num_superpixels)
 
 
 # ----------------------------------------------------------------------------- SceneNet RGB-D

@@ -17,6 +17,7 @@ from ripu_jax.ledger import LabelLedger
 from ripu_jax.methods import viewal  # noqa: F401  (registers the datasets, objective, acquirer)
 from ripu_jax.methods.viewal import datasets
 from ripu_jax.methods.viewal import objective as objective_lib
+from ripu_jax.methods.viewal import scoring
 from ripu_jax.metrics_log import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,3 +180,50 @@ def test_a_schedule_buying_more_than_the_pool_is_refused_before_training(tmp_pat
   with pytest.raises(ConfigError, match="2 rounds of viewal.budget_frames=5.0"):
     train.train_and_evaluate(config, workdir)
   assert not os.path.exists(workdir)
+
+
+def test_rounds_read_the_datasets_coverage_table_and_check_its_shape():
+  from ripu_jax import sharding
+  from ripu_jax.acquisition.acquirers import RoundPool
+  from ripu_jax.data import pipeline
+  config = smoke()
+  split = datasets.ViewalSyntheticSplit(datasets.scenes.ViewalSyntheticConfig(**{
+      k: v for k, v in config.data.viewal_synthetic.items() if k != "prepared"}),
+      datasets.TRAIN)
+  frames = np.flatnonzero(split.scene_ids == split.scene_ids[0])[:3]
+  examples = [split[int(i)] for i in frames]
+  size = examples[0]["label"].shape
+  batch = {"image": np.stack([pipeline.normalize_image(e["image"]) for e in examples]),
+           "index": np.arange(len(frames)), "label_size": np.tile(size, (len(frames), 1)),
+           "valid": np.ones(len(frames), bool),
+           "label": np.stack([e["label"] for e in examples]),
+           **{k: np.stack([e[k] for e in examples])
+              for k in ("depth", "pose", "intrinsics", "superpixels")}}
+  probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (len(frames), *size, 9)) * 3)
+  num_superpixels = int(batch["superpixels"].max()) + 1
+  table = np.asarray(scoring.coverage_table(batch["depth"], batch["intrinsics"], batch["pose"],
+                                            batch["superpixels"], num_superpixels))
+  asked = []
+
+  def run(coverage):
+    pool = RoundPool(round_number=1, seed=0, batches=lambda with_labels=False: iter([batch]),
+                     num_batches=1, name=lambda i: f"img{i}", predict=None,
+                     mesh=sharding.default_mesh(),
+                     predict_mc=lambda *args, **kwargs: probs,
+                     groups=np.zeros(len(frames), np.int32), coverage=coverage)
+    ledger = LabelLedger([size] * len(frames), label_radius=0, suppress_radius=0)
+    result = ACQUIRERS.get("viewal")(config).run_round(pool, ledger)
+    return [record.labeled for record in result.images]
+
+  def stored(scene, distance_threshold):
+    asked.append((scene, distance_threshold))
+    return table
+
+  computed = run(None)
+  read = run(stored)
+  assert asked == [(0, config.viewal.distance_threshold)]
+  assert computed and len(read) == len(computed)
+  for a, b in zip(read, computed):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="prepare the dataset again"):
+    run(lambda scene, distance_threshold: table[:, :-1, :, :-1])

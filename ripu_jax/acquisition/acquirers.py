@@ -59,6 +59,8 @@ class RoundPool:
     channel dropout on, `ripu_jax.models.mc_logits`) at `label_size`, on device.
   groups: int [N] group of each pool image (the scene of a frame, for datasets of scenes),
     or None.
+  coverage(group, distance_threshold): the superpixel coverage table a dataset of scenes
+    stores per group (its split's `scene_coverage`), or None.
   """
   round_number: int
   seed: int
@@ -71,6 +73,7 @@ class RoundPool:
   progress: Callable[..., Iterable] = lambda iterable, **_: iterable
   predict_mc: Callable[..., jax.Array] | None = None
   groups: np.ndarray | None = None
+  coverage: Callable[..., np.ndarray] | None = None
 
 
 @dataclasses.dataclass

@@ -25,10 +25,12 @@ otherwise reported with that advice.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import dataclasses
 import os
 import shutil
 import sys
+from typing import Any
 
 from absl import logging
 
@@ -195,10 +197,11 @@ def _generator_fields() -> dict[str, dataclasses.Field]:
   return fields
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
+def _parse_args(argv: list[str], prog: str = "python -m ripu_jax.data.prepare"
+                ) -> argparse.Namespace:
   names = _preparable()
   parser = argparse.ArgumentParser(
-      prog="python -m ripu_jax.data.prepare",
+      prog=prog,
       description=f"Prepare a dataset ({', '.join(names)}) as TFDS ArrayRecord for ripu_jax.")
   parser.add_argument("--dataset", required=True, choices=names)
   manual_names = ", ".join(n for n in names if not catalog.get(n).generated)
@@ -214,8 +217,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = _parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, *, prog: str = "python -m ripu_jax.data.prepare",
+         after: Callable[[str, str, str | None, Any], None] | None = None) -> int:
+  """The command line. `after(dataset name, its folder, --data_dir, generator config or None)`
+  runs once the dataset is prepared (the hook of plug-ins that derive tables from it); its
+  ValueError and OSError are reported like the preparation's."""
+  args = _parse_args(sys.argv[1:] if argv is None else argv, prog)
   spec = catalog.get(args.dataset)
   config = None
   given = {name: getattr(args, name) for name in _generator_fields()
@@ -232,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
   try:
     directory = prepare(args.dataset, manual_dir=args.manual_dir, data_dir=args.data_dir,
                         config=config, overwrite=args.overwrite, progress=not args.no_progress)
+    if after is not None:
+      after(args.dataset, directory, args.data_dir, config)
   except (manual.ManualDataError, manual.CorruptFileError, reader.DatasetNotPreparedError,
-          ValueError) as err:
+          ValueError, OSError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 1
   sizes = ", ".join(f"{split}: {count:,}" for split, count in prepared_sizes(directory).items())

@@ -19,14 +19,17 @@ acquirer). At each of `active.round_steps`, one round over the training frames:
 highest first) and "random" (superpixels in a seeded random order); both take superpixels in
 score order without the walk. The ledger records each bought superpixel as a mask.
 
-The overlaps are computed from the frames' depth, pose, intrinsics and superpixels at every
-round (about 0.2 s per scene of 20 frames at 240x320), so they always match the superpixels
-the round reads.
+The overlaps come from the coverage table the dataset stores per scene (`coverage`: written
+when a dataset is prepared, computed once for the rooms generated in memory), checked against
+the frames the round reads; for a dataset without tables they are computed from the frames'
+depth, pose, intrinsics and superpixels at every round (about 0.2 s per scene of 20 frames
+at 240x320).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +134,9 @@ class ViewalRounds(ScheduledRounds, LabelledSplit):
               np.zeros(label_size, np.int32) if probs is None else probs[row].argmax(-1)))
         if len(pending[scene]) == frames_of[scene]:
           frames = sorted(pending.pop(scene), key=lambda f: f["index"])
-          overlap_tables[scene] = self._score_scene(frames, scored, ledger, rng, pictures)
+          stored = None if pool.coverage is None else functools.partial(pool.coverage, scene)
+          overlap_tables[scene] = self._score_scene(frames, scored, ledger, rng, pictures,
+                                                    stored)
     if pending:
       raise ValueError(f"the round saw only part of scenes {sorted(pending)[:5]}: the pool's "
                        "pass and its scene ids disagree")
@@ -139,10 +144,11 @@ class ViewalRounds(ScheduledRounds, LabelledSplit):
     picks = self._pick(scored, overlap_tables, groups, budget)
     return self._record(pool, ledger, scored, picks, pictures)
 
-  def _score_scene(self, frames: list[dict], scored: dict, ledger, rng,
-                   pictures: dict) -> np.ndarray:
+  def _score_scene(self, frames: list[dict], scored: dict, ledger, rng, pictures: dict,
+                   stored_coverage=None) -> np.ndarray:
     """Region scores of one scene's frames into `scored` (and the pixel score of pictured
-    frames into `pictures`); returns the scene's overlap relation."""
+    frames into `pictures`); returns the scene's overlap relation, from the coverage table
+    the dataset stores (`stored_coverage(distance_threshold)`) or, without one, computed."""
     viewal = self.config.viewal
     stack = {name: np.stack([f[name] for f in frames]) for name in (*FEATURES, "ignore")}
     superpixels = stack["superpixels"].astype(np.int32)
@@ -180,8 +186,17 @@ class ViewalRounds(ScheduledRounds, LabelledSplit):
         pictures[frame["index"]]["score"] = np.asarray(pixel_score[position])
     if viewal.strategy != "viewal":
       return np.zeros((0,), bool)
-    cov = scoring.coverage_table(depth, intrinsics, pose, superpixels, num_superpixels,
-                                 distance_threshold=viewal.distance_threshold)
+    shape = (len(frames), num_superpixels, len(frames), num_superpixels)
+    if stored_coverage is not None:
+      cov = stored_coverage(viewal.distance_threshold)
+      if tuple(cov.shape) != shape:
+        raise ValueError(f"the dataset's coverage table of the scene of frame "
+                         f"{frames[0]['index']} is {tuple(cov.shape)}, but its frames give "
+                         f"{shape} (frames x superpixels, twice): prepare the dataset again "
+                         "(its superpixels changed since the table was written)")
+    else:
+      cov = scoring.coverage_table(depth, intrinsics, pose, superpixels, num_superpixels,
+                                   distance_threshold=viewal.distance_threshold)
     return np.asarray(scoring.overlaps(cov, viewal.overlap_threshold))
 
   def _pick(self, scored: dict, overlap_tables: dict, groups: np.ndarray,

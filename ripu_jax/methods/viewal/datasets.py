@@ -62,6 +62,7 @@ from ripu_jax.data import catalog
 from ripu_jax.data import labels as labels_lib
 from ripu_jax.data import manual
 from ripu_jax.data import reader
+from ripu_jax.methods.viewal import coverage as coverage_lib
 from ripu_jax.methods.viewal import scenes
 
 SYNTHETIC = "viewal_synthetic"
@@ -218,6 +219,7 @@ class ViewalSyntheticSplit:
     self.split = split
     self.dataset_name = SYNTHETIC
     self.num_classes = SYNTHETIC_SPACE.num_classes
+    self._coverage: dict[tuple[int, float], np.ndarray] = {}
 
   def __len__(self) -> int:
     return self.config.num_frames(self.split)
@@ -273,6 +275,16 @@ class ViewalSyntheticSplit:
     if self.split != TRAIN:
       return np.zeros(0, np.int64)
     return scenes.seed_indices(self.config)
+
+  def scene_coverage(self, scene_id: int,
+                     distance_threshold: float = coverage_lib.DISTANCE_THRESHOLD
+                     ) -> np.ndarray:
+    """float32 [F, S, F, S]: the superpixel coverage of one scene (`coverage`), computed on
+    first use and kept."""
+    key = (int(scene_id), float(distance_threshold))
+    if key not in self._coverage:
+      self._coverage[key] = coverage_lib.compute(self, scene_id, distance_threshold)
+    return self._coverage[key]
 
   def __repr__(self) -> str:
     return f"ViewalSyntheticSplit(config={self.config!r}, split={self.split!r})"
@@ -1135,10 +1147,25 @@ def _open_prepared(spec: catalog.DatasetSpec, split: str, data_dir, **options) -
   """The prepared copy with its scene information; a missing or damaged copy's error gives
   this module's prepare command (the generic one does not know these datasets)."""
   try:
-    return _with_scene_info(catalog.open_prepared(spec, split, data_dir=data_dir, **options))
+    opened = _with_scene_info(catalog.open_prepared(spec, split, data_dir=data_dir, **options))
   except catalog.DatasetNotPreparedError as err:
-    raise catalog.DatasetNotPreparedError(
-        str(err).replace("-m ripu_jax.data.prepare ", f"-m {PREPARE_COMMAND} ")) from None
+    raise catalog.DatasetNotPreparedError(_own_command(str(err))) from None
+  config = spec.config_from_options(options) if spec.config_type is not None else None
+  hint = _own_command(reader.prepare_command(spec.name, data_dir, config))
+  opened.scene_coverage = functools.partial(_stored_coverage, opened, prepare_hint=hint)
+  return opened
+
+
+def _own_command(text: str) -> str:
+  """`text` with the generic prepare command replaced by this module's."""
+  return text.replace("-m ripu_jax.data.prepare ", f"-m {PREPARE_COMMAND} ")
+
+
+def _stored_coverage(split, scene_id: int,
+                     distance_threshold: float = coverage_lib.DISTANCE_THRESHOLD, *,
+                     prepare_hint: str) -> np.ndarray:
+  """A prepared split's `scene_coverage`: the table stored with the dataset."""
+  return coverage_lib.read_table(split, scene_id, distance_threshold, prepare_hint)
 
 
 def _open_synthetic(spec: catalog.DatasetSpec, split: str, *, data_dir=None,
@@ -1197,18 +1224,18 @@ def prepare_dataset(name: str, *, manual_dir: str | os.PathLike | None = None,
                     config: scenes.ViewalSyntheticConfig | None = None, overwrite: bool = False,
                     progress: bool = False,
                     post_prepare: Callable[[str, dict[str, Any]], None] | None = None) -> str:
-  """Prepares one of the four datasets (`ripu_jax.data.prepare.prepare`) and returns its
-  folder.
+  """Prepares one of the four datasets (`ripu_jax.data.prepare.prepare`) with its superpixel
+  coverage tables (`coverage`), and returns its folder.
 
   Args:
     name: "viewal_synthetic", "scannet", "scenenet_rgbd" or "matterport3d".
     manual_dir, data_dir, overwrite, progress: as in `ripu_jax.data.prepare.prepare`.
     config: viewal_synthetic's generator parameters (default: `ViewalSyntheticConfig()`).
-    post_prepare: the hook for tables derived from the prepared frames (e.g. ViewAL's
-      superpixel coverage per scene): called as post_prepare(directory, {split: opened split})
-      once the dataset folder is complete, also when it was prepared before. It owns its
-      outputs: write them atomically (a temporary name, then rename) and skip work already
-      done, so an interrupted step leaves nothing that looks finished.
+    post_prepare: a hook for more tables derived from the prepared frames: called as
+      post_prepare(directory, {split: opened split}) once the dataset folder and its coverage
+      tables are complete, also when they were prepared before. It owns its outputs: write
+      them atomically (a temporary name, then rename) and skip work already done, so an
+      interrupted step leaves nothing that looks finished.
   """
   register_datasets()
   if name not in NAMES:
@@ -1216,20 +1243,34 @@ def prepare_dataset(name: str, *, manual_dir: str | os.PathLike | None = None,
   from ripu_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   directory = prepare_lib.prepare(name, manual_dir=manual_dir, data_dir=data_dir, config=config,
                                   overwrite=overwrite, progress=progress)
+  opened = _finish_prepared(name, directory, data_dir, config, progress)
   if post_prepare is not None:
-    spec = catalog.get(name)
-    options = {"prepared": True} if spec.config_type is not None else {}
-    if config is not None:
-      options.update(dataclasses.asdict(config))
-    opened = {split: spec.open(split, data_dir=data_dir, **options) for split in spec.splits}
     post_prepare(directory, opened)
   return directory
 
 
+def _finish_prepared(name: str, directory: str, data_dir, config, progress: bool
+                     ) -> dict[str, Any]:
+  """Writes the coverage tables a prepared dataset lacks; returns its opened splits."""
+  spec = catalog.get(name)
+  options = {"prepared": True} if spec.config_type is not None else {}
+  if config is not None:
+    options.update(dataclasses.asdict(config))
+  opened = {split: spec.open(split, data_dir=data_dir, **options) for split in spec.splits}
+  coverage_lib.write_tables(directory, list(opened.values()), progress=progress)
+  return opened
+
+
 def main(argv: list[str] | None = None) -> int:
   """`python -m ripu_jax.methods.viewal.prepare`: the prepare command line with these
-  datasets registered (same flags as `python -m ripu_jax.data.prepare`)."""
+  datasets registered (same flags as `python -m ripu_jax.data.prepare`), which also writes the
+  coverage tables."""
   register_datasets()
   from ripu_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
-  return prepare_lib.main(sys.argv[1:] if argv is None else list(argv))
 
+  def after(name, directory, data_dir, config):
+    if name in NAMES:
+      _finish_prepared(name, directory, data_dir, config, progress=True)
+
+  return prepare_lib.main(sys.argv[1:] if argv is None else list(argv),
+                          prog=f"python -m {PREPARE_COMMAND}", after=after)
