@@ -131,7 +131,7 @@ SETTINGS = (
     Setting("supervised_1-8", "supervised (semi-supervised net)", "1/8 of the images", (),
             method="supervised_semi"),
     Setting("eln_semi_1-8", "ELN self-training", "1/8 of the images", (), method="eln_semi"),
-    Setting("ripu_superpixels_2.2", "RIPU over superpixels (RA)", "2.2% (superpixels)", (
+    Setting("ripu_superpixels_2.2", "RIPU over superpixels (RA)", "2.2% (regions)", (
         ("active.kind", "ra_superpixels"), ("active.strategy", "ripu"),
         ("active.ratio", 0.022)), method="ripu_superpixels"),
 )
