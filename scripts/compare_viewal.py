@@ -10,7 +10,8 @@ and an interrupted one resumes. Then, per run, the best val mIoU of each round's
 (the release reports the round's best-val checkpoint) against the labelled share of the
 training pixels, and per setting the mean over seeds. The headline figure of the paper: the
 smallest labelled share at which a setting reaches 95% of full supervision's mIoU (linear
-between rounds; "not reached" otherwise). Full supervision trains as long as one round.
+between rounds; "not reached" otherwise), and ViewAL's lead over each baseline per round,
+paired by seed. Full supervision trains as long as one round.
 Writes results.md, results.json and results.png to --out.
 """
 
@@ -67,6 +68,23 @@ def share_reaching(curve: list[tuple[float, float]], target: float) -> float | N
   return None
 
 
+def _mean_std(values: list[float], digits: int = 1) -> str:
+  """"m" for one value, "m ± s" (sample std) for more."""
+  if len(values) == 1:
+    return f"{values[0]:.{digits}f}"
+  return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def paired_differences(curves: dict, setting: str, baseline: str) -> list[list[float]]:
+  """Per round, `setting` minus `baseline` on each seed both finished (paired by seed)."""
+  seeds = sorted(set(curves[setting]) & set(curves[baseline]))
+  if not seeds:
+    return []
+  length = min(min(len(curves[setting][s]), len(curves[baseline][s])) for s in seeds)
+  return [[curves[setting][s][i][1] - curves[baseline][s][i][1] for s in seeds]
+          for i in range(length)]
+
+
 def report(workdir: str, seeds: list[int], out: str) -> dict:
   curves = {s: {} for s in SETTINGS}
   for setting in SETTINGS:
@@ -76,7 +94,7 @@ def report(workdir: str, seeds: list[int], out: str) -> dict:
         curves[setting][seed] = round_curve(directory)
   full = [c[-1][1] for c in curves["full"].values() if c]
   full_miou = statistics.mean(full) if full else None
-  lines = ["| setting | seeds | labelled share and best val mIoU per round (mean over seeds) "
+  lines = ["| setting | seeds | labelled share and best val mIoU per round (mean ± std over seeds) "
            "| share reaching 95% of full |", "|---|---|---|---|"]
   summary = {"full_miou": full_miou, "settings": {}}
   for setting in SETTINGS:
@@ -86,16 +104,30 @@ def report(workdir: str, seeds: list[int], out: str) -> dict:
     length = min(len(c) for c in runs)
     mean_curve = [(statistics.mean(c[i][0] for c in runs), statistics.mean(c[i][1] for c in runs))
                   for i in range(length)]
+    std_curve = [statistics.stdev([c[i][1] for c in runs]) if len(runs) > 1 else 0.0
+                 for i in range(length)]
     reach = [share_reaching(c, 0.95 * full_miou) if full_miou else None for c in runs]
     reached = [r for r in reach if r is not None]
     reach_text = (f"{statistics.mean(reached):.1%} ({len(reached)} of {len(runs)} seeds)"
                   if reached else "not reached")
-    points = ", ".join(f"{share:.1%}: {miou:.1f}" for share, miou in mean_curve)
+    points = ", ".join(f"{share:.1%}: {_mean_std([c[i][1] for c in runs])}"
+                       for i, (share, _) in enumerate(mean_curve))
     lines.append(f"| {setting} | {len(runs)} | {points} | "
                  f"{reach_text if setting != 'full' else '-'} |")
     summary["settings"][setting] = {"seeds": sorted(curves[setting]), "mean_curve": mean_curve,
+                                    "std_curve": std_curve,
                                     "curves": {str(k): v for k, v in curves[setting].items()},
                                     "share_reaching_95": reach}
+  lines += ["", "| ViewAL minus | seeds | per round after the seed set: mean ± std of the "
+            "per-seed difference (seeds where ViewAL is ahead) |", "|---|---|---|"]
+  summary["differences"] = {}
+  for baseline in ("entropy", "random"):
+    differences = paired_differences(curves, "viewal", baseline)[1:]  # round 0: same frames
+    if not differences:
+      continue
+    summary["differences"][baseline] = differences
+    text = ", ".join(f"{_mean_std(d)} ({sum(v > 0 for v in d)}/{len(d)})" for d in differences)
+    lines.append(f"| {baseline} | {len(differences[0])} | {text} |")
   table = "\n".join(lines)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "results.md"), "w") as handle:
@@ -116,7 +148,8 @@ def _plot(summary: dict, path: str) -> None:
     if setting == "full":
       continue
     shares, mious = zip(*values["mean_curve"])
-    axis.plot([100 * s for s in shares], mious, marker="o", label=setting)
+    axis.errorbar([100 * s for s in shares], mious, yerr=values["std_curve"], marker="o",
+                  capsize=3, label=f"{setting} ({len(values['seeds'])} seeds)")
   if summary["full_miou"] is not None:
     axis.axhline(summary["full_miou"], color="black", linestyle="--", label="full supervision")
     axis.axhline(0.95 * summary["full_miou"], color="grey", linestyle=":", label="95% of full")

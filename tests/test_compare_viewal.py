@@ -56,3 +56,16 @@ def test_report_tables_the_settings_against_full_supervision(tmp_path):
   assert "| viewal | 1 | 1.0%: 10.0, 3.0%: 19.0 | 3.0% (1 of 1 seeds) |" in table
   assert "| random | 1 | 1.0%: 9.0, 3.0%: 15.0 | not reached |" in table
   assert os.path.getsize(tmp_path / "out" / "results.png") > 0
+
+
+def test_report_gives_spreads_and_viewals_lead_paired_by_seed(tmp_path):
+  workdir = str(tmp_path / "runs")
+  for seed, (v, e) in enumerate([(14.0, 11.0), (16.0, 17.0)]):
+    _write_run(compare.run_dir(workdir, "viewal", seed), [(100, 10.0, 0.01), (200, v, 0.03)])
+    _write_run(compare.run_dir(workdir, "entropy", seed), [(100, 10.0, 0.01), (200, e, 0.03)])
+  summary = compare.report(workdir, [0, 1], str(tmp_path / "out"))
+  assert summary["settings"]["viewal"]["std_curve"] == [0.0, pytest.approx(2 ** 0.5)]
+  assert summary["differences"]["entropy"] == [[3.0, -1.0]]  # round 0 (same frames) left out
+  table = open(tmp_path / "out" / "results.md").read()
+  assert "| viewal | 2 | 1.0%: 10.0 ± 0.0, 3.0%: 15.0 ± 1.4 |" in table
+  assert "| entropy | 2 | 1.0 ± 2.8 (1/2) |" in table
