@@ -34,10 +34,11 @@ command line (which registers them first):
       [--height 120 --width 160 --train_scenes 8 ...]
   python -m ripu_jax.methods.viewal.prepare --dataset scannet --manual_dir RAW --data_dir DIR
 
-or `prepare_dataset(name, ..., post_prepare=...)`, whose `post_prepare` runs on the finished
-folder (the hook for per-scene tables such as superpixel coverage). Preparation goes through
-`ripu_jax.data.prepare`: TFDS writes into a temporary folder renamed only once every split is
-written, so an interrupted preparation leaves nothing that reads as prepared.
+or `prepare_dataset(name, ...)`. Preparation goes through `ripu_jax.data.prepare`: TFDS writes
+into a temporary folder renamed only once every split is written, so an interrupted
+preparation leaves nothing that reads as prepared. Both then write each scene's superpixel
+coverage table (`coverage`) into the dataset's folder; opened splits read it as
+`scene_coverage(scene)`.
 """
 
 from __future__ import annotations
