@@ -15,6 +15,7 @@ from ripu_jax.acquisition.acquirers import ACQUIRERS, RoundPool
 from ripu_jax.data import pipeline
 from ripu_jax.errors import ConfigError
 from ripu_jax.ledger import LabelLedger
+from ripu_jax.methods.viewal import selection
 from ripu_jax.methods.viewal import superpixel_rounds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,10 +70,10 @@ def test_superpixel_scores_reject_ids_off_the_label_grid():
 def test_take_in_score_order_stops_at_the_superpixel_reaching_the_budget():
   scores = np.array([0.5, 0.9, 0.5, 0.1])
   sizes = np.array([10, 4, 3, 50])
-  np.testing.assert_array_equal(superpixel_rounds.take_in_score_order(scores, sizes, 4), [1])
-  np.testing.assert_array_equal(superpixel_rounds.take_in_score_order(scores, sizes, 5),
+  np.testing.assert_array_equal(selection.take_in_score_order(scores, sizes, 4), [1])
+  np.testing.assert_array_equal(selection.take_in_score_order(scores, sizes, 5),
                                 [1, 0])  # ties: lower index first
-  np.testing.assert_array_equal(superpixel_rounds.take_in_score_order(scores, sizes, 17),
+  np.testing.assert_array_equal(selection.take_in_score_order(scores, sizes, 17),
                                 [1, 0, 2])
 
 
@@ -199,3 +200,21 @@ def test_the_demo_runs_with_superpixel_rounds(tmp_path):
   trainer.close()
   assert summary is not None
   assert config.active.ratio <= fraction < 2 * config.active.ratio
+
+
+def test_take_in_score_order_on_a_frame_table_is_score_then_frame_then_superpixel():
+  # ViewAL's baselines take (frame, superpixel) candidates this way: a plain sort by
+  # descending score, then frame, then superpixel, cut where the sizes reach the budget.
+  rng = np.random.default_rng(4)
+  scores = rng.integers(0, 4, size=(5, 7)).astype(np.float32)  # many ties
+  sizes = rng.integers(1, 30, size=(5, 7))
+  rows, columns = np.nonzero(rng.random((5, 7)) > 0.3)
+  for budget in (1, 50, 200, int(sizes[rows, columns].sum())):
+    got = selection.take_in_score_order(scores[rows, columns], sizes[rows, columns], budget)
+    want = sorted(zip(rows, columns), key=lambda rc: (-scores[rc], rc[0], rc[1]))
+    spent, count = 0, 0
+    while spent < budget:
+      spent += sizes[want[count]]
+      count += 1
+    assert [(int(rows[i]), int(columns[i])) for i in got] == [
+        (int(r), int(c)) for r, c in want[:count]]

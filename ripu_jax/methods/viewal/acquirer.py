@@ -224,12 +224,9 @@ class ViewalRounds(ScheduledRounds, LabelledSplit):
       chosen = selection.select_superpixels(
           ve, vd, groups[indices], padded, sizes, labelled, budget, mode=viewal.mode).picks
     else:
-      available = (sizes > 0) & ~labelled
-      rows, columns = np.nonzero(available)
-      order = np.lexsort((columns, rows, -ve[rows, columns]))
-      spent = np.cumsum(sizes[rows[order], columns[order]])
-      count = int(np.searchsorted(spent, budget) + 1)
-      chosen = np.stack([rows[order][:count], columns[order][:count]], axis=1)
+      rows, columns = np.nonzero((sizes > 0) & ~labelled)
+      taken = selection.take_in_score_order(ve[rows, columns], sizes[rows, columns], budget)
+      chosen = np.stack([rows[taken], columns[taken]], axis=1)
     chosen = np.asarray(chosen, np.int64).reshape(-1, 2)
     return np.stack([indices[chosen[:, 0]], chosen[:, 1]], axis=1)
 

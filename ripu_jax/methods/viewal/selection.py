@@ -194,3 +194,11 @@ def select_superpixels(view_entropy, view_divergence, scene_ids,
     total = total[:stop]
   return Selection(picks=picks, pixels=int(total[-1]) if total.size else 0,
                    budget_reached=reached)
+
+
+def take_in_score_order(scores: np.ndarray, sizes: np.ndarray, budget: int) -> np.ndarray:
+  """Indices into flat candidate arrays, highest score first (ties: lower index), until the
+  sizes reach `budget` (the one reaching it included): the baselines' rule, without the walk."""
+  order = np.lexsort((np.arange(len(scores)), -scores))
+  spent = np.cumsum(sizes[order])
+  return order[:int(np.searchsorted(spent, budget)) + 1]

@@ -36,6 +36,8 @@ from ripu_jax.acquisition.acquirers import (ACQUIRERS, ImageRecord, Overlay, Rou
                                             RoundResult, ScheduledRounds)
 from ripu_jax.data import pipeline
 from ripu_jax.errors import ConfigError
+from ripu_jax.methods.viewal import scoring
+from ripu_jax.methods.viewal import selection
 
 
 def _invalid(message: str) -> ConfigError:
@@ -47,21 +49,15 @@ def superpixel_scores_traced(logits, superpixels, num_superpixels: int):
   superpixel ids [B, H, W] at one size; absent superpixels score -inf."""
   num_classes = logits.shape[-1]
   stats = scores_lib.pixel_stats(logits)
-
-  def one(label, entropy, ids):
-    ids = ids.reshape(-1)
-    sizes = jax.ops.segment_sum(jnp.ones(ids.shape, jnp.float32), ids, num_superpixels)
-    counts = jax.ops.segment_sum(jnp.ones(ids.shape, jnp.float32),
-                                 ids * num_classes + label.reshape(-1),
-                                 num_superpixels * num_classes)
-    share = counts.reshape(num_superpixels, num_classes) / jnp.maximum(sizes, 1.0)[:, None]
-    impurity = -jnp.sum(share * jnp.log(share + scores_lib.EPS), axis=1)
-    uncertainty = (jax.ops.segment_sum(entropy.reshape(-1), ids, num_superpixels)
-                   / jnp.maximum(sizes, 1.0))
-    score = impurity * uncertainty / math.log(num_classes) ** 2
-    return jnp.where(sizes > 0, score, -jnp.inf), sizes.astype(jnp.int32)
-
-  return jax.vmap(one)(stats.label, stats.entropy, superpixels.astype(jnp.int32))
+  superpixels = superpixels.astype(jnp.int32)
+  sizes = scoring.superpixel_sizes(superpixels, num_superpixels)
+  counts = scoring.superpixel_sizes(superpixels * num_classes + stats.label,
+                                    num_superpixels * num_classes)
+  share = counts.reshape(*sizes.shape, num_classes) / jnp.maximum(sizes, 1)[..., None]
+  impurity = -jnp.sum(share * jnp.log(share + scores_lib.EPS), axis=-1)
+  uncertainty = scoring.superpixel_means(stats.entropy, superpixels, num_superpixels)
+  score = impurity * uncertainty / math.log(num_classes) ** 2
+  return jnp.where(sizes > 0, score, -jnp.inf), sizes
 
 
 @functools.partial(jax.jit, static_argnames=("label_size", "input_size", "num_superpixels"))
@@ -98,14 +94,6 @@ def seeds_of_image(image: np.ndarray, label_size: tuple[int, int], area: int) ->
   count = max(1, int(round(height * width / area)))
   ids = datasets.seeds_superpixels(pixels, num_superpixels=count)
   return pipeline.resize_nearest(ids, label_size).astype(np.int32)
-
-
-def take_in_score_order(scores: np.ndarray, sizes: np.ndarray, budget: int) -> np.ndarray:
-  """Indices into the flat candidate arrays, highest score first (ties: lower index), until
-  the sizes reach `budget` (the one reaching it included)."""
-  order = np.lexsort((np.arange(len(scores)), -scores))
-  spent = np.cumsum(sizes[order])
-  return order[:int(np.searchsorted(spent, budget)) + 1]
 
 
 @ACQUIRERS.register("ra_superpixels")
@@ -203,6 +191,6 @@ class SuperpixelRounds(ScheduledRounds):
                         f"{self.active.ratio} over {len(self.round_steps)} rounds) but only "
                         f"{int(sizes[keep].sum())} unlabelled pixels are left; lower "
                         "active.ratio")
-    chosen = keep[take_in_score_order(scores[keep], sizes[keep], budget)]
+    chosen = keep[selection.take_in_score_order(scores[keep], sizes[keep], budget)]
     return {int(i): np.sort(local[chosen][owner[chosen] == i])
             for i in np.unique(owner[chosen])}
