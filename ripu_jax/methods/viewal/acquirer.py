@@ -5,14 +5,18 @@ seedset file, or a seeded draw of `active.labelled_fraction` of the frames, as t
 acquirer). At each of `active.round_steps`, one round over the training frames:
 
 1. Monte-Carlo dropout: the mean softmax of `viewal.passes` passes of the round's best-val
-   model (`viewal.select_with`), at the label grid (`RoundPool.predict_mc`).
+   model (`viewal.select_with`), at the label grid (`RoundPool.predict_mc`, the batches split
+   over the mesh).
 2. Per scene, as soon as its frames are in: view entropy and view divergence
    (`scoring.view_scores`, pixels whose ground truth is 255 scored 0, as the release), their
    superpixel means, and the superpixel overlaps (`scoring.coverage_table`, cov > 0.25 either
-   way). Only one scene's predictions are held at a time.
+   way). Complete scenes wait until there is one for each device of the mesh; then each
+   device scores one (`scene_scores.score_scenes`). Only that many scenes' predictions are
+   held at a time.
 3. The selection walk over all frames (`selection.select_superpixels`, `viewal.mode`
    "paper" or "release") until the round's budget: `viewal.budget_frames` frames' worth of
-   pixels (the release's active-selection-size x 240 x 320).
+   pixels (the release's active-selection-size x 240 x 320), the scenes' walks split over the
+   mesh.
 
 `viewal.strategy` swaps the scores for the baselines on the same superpixels and budget:
 "entropy" (the region mean of the predictive entropy of the frame's own MC prediction,
@@ -29,7 +33,6 @@ at 240x320).
 from __future__ import annotations
 
 import collections
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +43,7 @@ from ripu_jax.acquisition.acquirers import (ACQUIRERS, ImageRecord, LabelledSpli
                                             RoundPool, RoundResult, ScheduledRounds)
 from ripu_jax.data.labels import IGNORE_LABEL
 from ripu_jax.errors import ConfigError
-from ripu_jax.methods.viewal import scoring
+from ripu_jax.methods.viewal import scene_scores
 from ripu_jax.methods.viewal import selection
 
 STRATEGIES = ("viewal", "entropy", "random")
@@ -104,11 +107,17 @@ class ViewalRounds(ScheduledRounds, LabelledSplit):
     rng = np.random.default_rng(pool.seed)
 
     pending: dict[int, list[dict]] = collections.defaultdict(list)
+    complete: list[tuple[int, list[dict]]] = []  # scenes waiting for a group of mesh.size
     scored: dict[int, dict] = {}  # frame index -> region scores and superpixel data
     overlap_tables: dict[int, np.ndarray] = {}
     pictured = set(range(min(pool.num_overlays, len(groups))))  # frames drawn as overlays
     pictures: dict[int, dict] = {}
     budget = None
+
+    def score_complete():
+      overlap_tables.update(self._score_scenes(complete, pool, scored, ledger, rng, pictures))
+      complete.clear()
+
     for number, (batch, label_size) in enumerate(self.pool_batches(pool, with_labels=True)):
       if budget is None:
         budget = int(round(viewal.budget_frames * label_size[0] * label_size[1]))
@@ -133,74 +142,73 @@ class ViewalRounds(ScheduledRounds, LabelledSplit):
           pictures[index] = dict(image=np.asarray(batch["image"][row]), prediction=(
               np.zeros(label_size, np.int32) if probs is None else probs[row].argmax(-1)))
         if len(pending[scene]) == frames_of[scene]:
-          frames = sorted(pending.pop(scene), key=lambda f: f["index"])
-          stored = None if pool.coverage is None else functools.partial(pool.coverage, scene)
-          overlap_tables[scene] = self._score_scene(frames, scored, ledger, rng, pictures,
-                                                    stored)
+          complete.append((scene, sorted(pending.pop(scene), key=lambda f: f["index"])))
+          if len(complete) == pool.mesh.size:
+            score_complete()
     if pending:
       raise ValueError(f"the round saw only part of scenes {sorted(pending)[:5]}: the pool's "
                        "pass and its scene ids disagree")
+    score_complete()
 
-    picks = self._pick(scored, overlap_tables, groups, budget)
+    picks = self._pick(scored, overlap_tables, groups, budget, pool.mesh)
     return self._record(pool, ledger, scored, picks, pictures)
 
-  def _score_scene(self, frames: list[dict], scored: dict, ledger, rng, pictures: dict,
-                   stored_coverage=None) -> np.ndarray:
-    """Region scores of one scene's frames into `scored` (and the pixel score of pictured
-    frames into `pictures`); returns the scene's overlap relation, from the coverage table
-    the dataset stores (`stored_coverage(distance_threshold)`) or, without one, computed."""
+  def _score_scenes(self, complete: list[tuple[int, list[dict]]], pool: RoundPool,
+                    scored: dict, ledger, rng, pictures: dict) -> dict[int, np.ndarray]:
+    """Region scores of the frames of complete scenes into `scored` (and the pixel score of
+    pictured frames into `pictures`), the scenes side by side over the mesh; returns each
+    scene's overlap relation (empty for the baselines)."""
     viewal = self.config.viewal
-    stack = {name: np.stack([f[name] for f in frames]) for name in (*FEATURES, "ignore")}
-    superpixels = stack["superpixels"].astype(np.int32)
-    num_superpixels = int(superpixels.max()) + 1
-    depth, intrinsics, pose = stack["depth"], stack["intrinsics"], stack["pose"]
-    if viewal.strategy == "viewal":
-      probs = np.stack([f["probs"] for f in frames])
-      ve, vd = scoring.view_scores(probs, depth, intrinsics, pose, stack["ignore"],
-                                   distance_threshold=viewal.distance_threshold)
-      region_ve = scoring.superpixel_means(ve, superpixels, num_superpixels)
-      region_vd = scoring.superpixel_means(vd, superpixels, num_superpixels)
-      pixel_score = ve
-    elif viewal.strategy == "entropy":
-      probs = jnp.asarray(np.stack([f["probs"] for f in frames]))
-      entropy = -jnp.sum(probs * jnp.log2(probs + scoring.EPS_Q), axis=-1)
-      entropy = jnp.where(jnp.asarray(stack["ignore"]), 0.0, entropy)
-      region_ve = scoring.superpixel_means(entropy, superpixels, num_superpixels)
-      region_vd = jnp.zeros_like(region_ve)
-      pixel_score = entropy
-    else:
-      region_ve = rng.random((len(frames), num_superpixels)).astype(np.float32)
-      region_vd = np.zeros_like(region_ve)
-      pixel_score = np.asarray(region_ve)[np.arange(len(frames))[:, None, None], superpixels]
-    sizes = np.asarray(scoring.superpixel_sizes(superpixels, num_superpixels))
-    for position, frame in enumerate(frames):
-      labelled_pixels = np.bincount(
-          superpixels[position].reshape(-1),
-          weights=ledger.labeled_mask(frame["index"]).reshape(-1).astype(np.float64),
-          minlength=num_superpixels)
-      scored[frame["index"]] = dict(
-          ve=np.asarray(region_ve[position]), vd=np.asarray(region_vd[position]),
-          sizes=sizes[position], labelled=labelled_pixels > 0,
-          superpixels=superpixels[position].astype(np.uint16))
-      if frame["index"] in pictures:
-        pictures[frame["index"]]["score"] = np.asarray(pixel_score[position])
-    if viewal.strategy != "viewal":
-      return np.zeros((0,), bool)
-    shape = (len(frames), num_superpixels, len(frames), num_superpixels)
-    if stored_coverage is not None:
-      cov = stored_coverage(viewal.distance_threshold)
-      if tuple(cov.shape) != shape:
-        raise ValueError(f"the dataset's coverage table of the scene of frame "
-                         f"{frames[0]['index']} is {tuple(cov.shape)}, but its frames give "
-                         f"{shape} (frames x superpixels, twice): prepare the dataset again "
-                         "(its superpixels changed since the table was written)")
-    else:
-      cov = scoring.coverage_table(depth, intrinsics, pose, superpixels, num_superpixels,
-                                   distance_threshold=viewal.distance_threshold)
-    return np.asarray(scoring.overlaps(cov, viewal.overlap_threshold))
+    strategy = viewal.strategy
+    scenes = []
+    for scene, frames in complete:
+      stack = {name: np.stack([f[name] for f in frames]) for name in (*FEATURES, "ignore")}
+      scenes.append(scene_scores.Scene(
+          depth=stack["depth"], intrinsics=stack["intrinsics"], pose=stack["pose"],
+          superpixels=stack["superpixels"].astype(np.int32), ignore=stack["ignore"],
+          probs=None if strategy == "random" else np.stack([f["probs"] for f in frames])))
+      if strategy == "viewal" and pool.coverage is not None:
+        scenes[-1].coverage = self._stored_coverage(pool, scene, scenes[-1], frames)
+    kind = {"viewal": "viewal", "entropy": "entropy", "random": "sizes"}[strategy]
+    results = scene_scores.score_scenes(
+        scenes, kind=kind, mesh=pool.mesh, distance_threshold=viewal.distance_threshold,
+        overlap_threshold=viewal.overlap_threshold,
+        pixel_scores=any(f["index"] in pictures for _, frames in complete for f in frames))
+    overlap_tables = {}
+    for (scene, frames), arrays, result in zip(complete, scenes, results):
+      superpixels = arrays.superpixels
+      if strategy == "random":
+        result.region_ve = rng.random(result.sizes.shape).astype(np.float32)
+        result.pixel_score = result.region_ve[np.arange(len(frames))[:, None, None], superpixels]
+      region_vd = np.zeros_like(result.region_ve) if result.region_vd is None else result.region_vd
+      for position, frame in enumerate(frames):
+        labelled_pixels = np.bincount(
+            superpixels[position].reshape(-1),
+            weights=ledger.labeled_mask(frame["index"]).reshape(-1).astype(np.float64),
+            minlength=arrays.num_superpixels)
+        scored[frame["index"]] = dict(
+            ve=result.region_ve[position], vd=region_vd[position],
+            sizes=result.sizes[position], labelled=labelled_pixels > 0,
+            superpixels=superpixels[position].astype(np.uint16))
+        if frame["index"] in pictures:
+          pictures[frame["index"]]["score"] = result.pixel_score[position]
+      overlap_tables[scene] = (np.zeros((0,), bool) if result.overlaps is None
+                               else result.overlaps)
+    return overlap_tables
+
+  def _stored_coverage(self, pool: RoundPool, scene: int, arrays, frames) -> np.ndarray:
+    """The dataset's coverage table of `scene`, checked against the frames the round read."""
+    cov = np.asarray(pool.coverage(scene, self.config.viewal.distance_threshold))
+    f, s = len(frames), arrays.num_superpixels
+    if tuple(cov.shape) != (f, s, f, s):
+      raise ValueError(f"the dataset's coverage table of the scene of frame "
+                       f"{frames[0]['index']} is {tuple(cov.shape)}, but its frames give "
+                       f"{(f, s, f, s)} (frames x superpixels, twice): prepare the dataset "
+                       "again (its superpixels changed since the table was written)")
+    return cov
 
   def _pick(self, scored: dict, overlap_tables: dict, groups: np.ndarray,
-            budget: int) -> np.ndarray:
+            budget: int, mesh) -> np.ndarray:
     """(frame, superpixel) picks [P, 2] in pick order."""
     viewal = self.config.viewal
     indices = np.asarray(sorted(scored))
@@ -222,7 +230,8 @@ class ViewalRounds(ScheduledRounds, LabelledSplit):
         full[:, :s, :, :s] = relation
         padded[scene] = full
       chosen = selection.select_superpixels(
-          ve, vd, groups[indices], padded, sizes, labelled, budget, mode=viewal.mode).picks
+          ve, vd, groups[indices], padded, sizes, labelled, budget, mode=viewal.mode,
+          mesh=mesh).picks
     else:
       rows, columns = np.nonzero((sizes > 0) & ~labelled)
       taken = selection.take_in_score_order(ve[rows, columns], sizes[rows, columns], budget)

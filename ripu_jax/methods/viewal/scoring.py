@@ -342,6 +342,59 @@ def overlaps(cov, threshold: float = 0.25) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------------
+# A round's scores of one scene
+
+# What a round computes: "viewal" (view entropy, view divergence and overlaps from the mean
+# MC-dropout softmax), "score" (region means of a given pixel score, e.g. the entropy
+# baseline's) or "sizes" (superpixel sizes only, for random).
+ROUND_KINDS = ("viewal", "score", "sizes")
+
+
+def round_scores(pixels, depth, intrinsics, pose, ignore, superpixels, coverage,
+                 distance_threshold, overlap_threshold, *, kind: str,
+                 num_superpixels: int) -> dict[str, jax.Array]:
+  """What a selection round reads of one scene, as one traceable program (no input checks).
+
+  pixels: the probs [F, H, W, C] for kind "viewal", the pixel score [F, H, W] for "score",
+  None for "sizes". Always returns "sizes" ([F, S], `superpixel_sizes`); with "viewal" or
+  "score" also "pixel_score" [F, H, W] (view entropy, or the given score) and its superpixel
+  mean "region_ve" [F, S]; with "viewal" also "region_vd" and "overlaps" (`overlaps` of
+  `coverage`, or of the table computed from the frames when `coverage` is None).
+  """
+  s = num_superpixels
+  superpixels = superpixels.astype(jnp.int32)
+  out = {"sizes": _region_sums(jnp.ones(superpixels.shape, jnp.int32), superpixels, s)}
+  if kind == "sizes":
+    return out
+  if kind == "viewal":
+    score, vd, _ = _scene_pass(pixels, depth, intrinsics, pose, ignore, distance_threshold)
+    out["region_vd"] = _superpixel_means(vd, superpixels, s)
+    if coverage is None:
+      coverage = _coverage_table(depth, intrinsics, pose, superpixels, distance_threshold,
+                                 num_superpixels=s)
+    hit = coverage > overlap_threshold
+    out["overlaps"] = hit | jnp.transpose(hit, (2, 3, 0, 1))
+  elif kind == "score":
+    score = pixels
+  else:
+    raise ValueError(f"kind must be one of {ROUND_KINDS}, got {kind!r}")
+  out["pixel_score"] = score
+  out["region_ve"] = _superpixel_means(score, superpixels, s)
+  return out
+
+
+def predictive_entropy(probs, ignore) -> jax.Array:
+  """-sum_c P_c log2(P_c + 1e-12) per pixel, 0 where `ignore`: the entropy baseline's score.
+
+  Runs op by op, on whatever devices `probs` lies on. Inside a larger compiled program XLA
+  may compute log2 differently in the last bit, and the baseline's picks (and its stored
+  comparison runs) come from this version.
+  """
+  entropy = -jnp.sum(probs * jnp.log2(probs + EPS_Q), axis=-1)
+  return jnp.where(ignore, 0.0, entropy)
+
+
+# ---------------------------------------------------------------------------------------------
 # Predictions
 
 

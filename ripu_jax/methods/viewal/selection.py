@@ -24,7 +24,7 @@ pixels reach the budget. Each scene's walk runs on device as a `lax.fori_loop` o
 superpixels in VE order with a boolean availability vector: one row of the scene's overlap
 relation per step, O(M) work for M = frames x superpixels, O(M^2) per scene. Scenes of a chunk
 run side by side, padded to the largest scene; no array grows with the square of the number
-of training frames.
+of training frames. With a mesh, the scenes of a chunk are split over its devices.
 
 A budget above what the walk can label is not an error here: every pick the walk can make is
 returned with `budget_reached=False`, and the caller decides.
@@ -33,12 +33,15 @@ returned with `budget_reached=False`, and the caller decides.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
+
+from ripu_jax import sharding
 
 MODES = ("paper", "release")
 
@@ -113,7 +116,7 @@ def _check(view_entropy, view_divergence, scene_ids, pixel_counts, labelled, bud
 def select_superpixels(view_entropy, view_divergence, scene_ids,
                        overlap_tables: Mapping[int, np.ndarray] | Sequence[np.ndarray],
                        pixel_counts, labelled, budget: int, *, mode: str = "release",
-                       max_chunk_bytes: int = 1 << 28) -> Selection:
+                       max_chunk_bytes: int = 1 << 28, mesh=None) -> Selection:
   """Runs the selection walk over all training frames; returns the picks in pick order.
 
   view_entropy, view_divergence: float [N_frames, S] region scores (superpixel means).
@@ -124,7 +127,9 @@ def select_superpixels(view_entropy, view_divergence, scene_ids,
   pixel_counts: int [N_frames, S] pixels per superpixel, 0 for one absent from its frame
     (never picked). labelled: bool [N_frames, S], labelled before this round (never picked).
   budget: pixels to label this round. mode: "release" (VD truncated to an int) or "paper".
-  max_chunk_bytes: bound on the overlap relations sent to the device at once.
+  max_chunk_bytes: bound on the overlap relations sent to one device at once.
+  mesh: scenes of a chunk are split over its data axis (each process of a multi-host run
+    passing the same arguments gets the same picks); None: the default device.
   """
   ve, vd, counts, labelled = _check(view_entropy, view_divergence, scene_ids, pixel_counts,
                                     labelled, budget, mode)
@@ -156,7 +161,10 @@ def select_superpixels(view_entropy, view_divergence, scene_ids,
     scenes.append((frames, table))
 
   m = max(len(frames) for frames, _ in scenes) * s
-  chunk = _chunk_size(len(scenes), m, max_chunk_bytes)
+  devices = 1 if mesh is None else mesh.size
+  chunk = _chunk_size(-(-len(scenes) // devices), m, max_chunk_bytes) * devices
+  place = jnp.asarray if mesh is None else functools.partial(sharding.put_global_batch,
+                                                            mesh=mesh)
   events_rank, events_frame, events_spx = [], [], []
   for start in range(0, len(scenes), chunk):
     part = scenes[start:start + chunk]
@@ -175,7 +183,7 @@ def select_superpixels(view_entropy, view_divergence, scene_ids,
       ranks[b, :size] = local_rank[perm]
       regions[b, :size, 0] = frames[perm // s]
       regions[b, :size, 1] = perm % s
-    winners = np.asarray(_walk(jnp.asarray(ov), jnp.asarray(keys), jnp.asarray(avail)))
+    winners = sharding.to_host(_walk(place(ov), place(keys), place(avail)))
     b_idx, p_idx = np.nonzero(winners >= 0)
     events_rank.append(ranks[b_idx, p_idx])
     won = regions[b_idx, winners[b_idx, p_idx]]
