@@ -266,3 +266,31 @@ def test_bad_arguments_are_explained():
     pipeline.eval_loader(split, batch_size=2, image_size=4, num_devices=1)
   with pytest.raises(ValueError, match="worker_count"):
     pipeline.eval_loader(split, batch_size=2, image_size=(4, 4), num_devices=1, worker_count=-1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_processes_read_one_process_batches_row_for_row(workers):
+  """Training batches of 2 (or 3) processes, stacked in process order, are one process's
+  batches: the same images, flips and row order (dropout masks follow the row)."""
+  split = data.SyntheticSplit(SMALL, synthetic.SOURCE_TRAIN)  # 24 images
+  masks = [np.ones(split.label_shape(i), bool) for i in range(len(split))]
+
+  def loaders(batch_size, options):
+    return [pipeline.source_train_loader(split, batch_size=batch_size, image_size=(8, 12),
+                                         sampling="class_balanced", seed=3,
+                                         worker_count=workers, shard_options=options),
+            pipeline.target_train_loader(split, masks, batch_size=batch_size,
+                                         image_size=(8, 12), seed=3, worker_count=workers,
+                                         shard_options=options)]
+
+  batches = 5  # more than one epoch of the target stream, and each worker's several
+  for processes in ((2, 3) if workers == 0 else (2,)):
+    single = [_take(loader, batches) for loader in loaders(6, None)]
+    shards = [[_take(loader, batches) for loader in loaders(
+        6 // processes, grain.sharding.ShardOptions(shard_index=p, shard_count=processes))]
+        for p in range(processes)]
+    for which, one in enumerate(single):
+      stacked = [{key: np.concatenate([shard[which][b][key] for shard in shards])
+                  for key in one[b]} for b in range(batches)]
+      _assert_batches_equal(stacked, one)
+    assert len({int(i) for b in single[1] for i in b["index"]}) == len(split)

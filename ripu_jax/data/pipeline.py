@@ -656,6 +656,38 @@ def _batch_examples(examples: Sequence[dict]) -> dict:
 # ----------------------------------------------------------------------------- samplers
 
 
+class ProcessBatchOrder:
+  """A training sampler reordered so that the processes' batches, stacked in process order,
+  are row for row the batches one process would read.
+
+  grain deals a stream's records to the processes and, within each, to its workers in turn
+  (stream position g goes to process g % P, then worker (g // P) % W), and each worker
+  batches its own records. Without reordering, P processes read the same records per global
+  batch as one process but in another row order, and per-row randomness (dropout masks drawn
+  by the row's position in the global batch) then differs between 1 and P processes.
+  """
+
+  def __init__(self, sampler, *, batch_size: int, shard_count: int, worker_count: int):
+    self._sampler = sampler
+    self._batch_size = int(batch_size)  # per process
+    self._shard_count = int(shard_count)
+    self._workers = max(1, int(worker_count))
+
+  def __len__(self) -> int:
+    return len(self._sampler)
+
+  def __repr__(self) -> str:  # grain compares it with a checkpoint's on resume
+    return (f"ProcessBatchOrder({self._sampler!r}, batch_size={self._batch_size}, "
+            f"shard_count={self._shard_count}, worker_count={self._workers})")
+
+  def __getitem__(self, position: int):
+    processes, workers, rows = self._shard_count, self._workers, self._batch_size
+    process, rest = position % processes, position // processes
+    worker, step = rest % workers, rest // workers
+    batch, row = divmod(step, rows)
+    return self._sampler[worker + workers * (batch * rows * processes + process * rows + row)]
+
+
 class ClassBalancedSampler:
   """Draws images so that rare classes are seen often (infinite stream).
 
@@ -743,9 +775,14 @@ class ClassBalancedSampler:
 
 
 def _loader(source, sampler, operations, *, worker_count: int, worker_buffer_size: int,
-            shard_options, batch_size: int) -> grain.DataLoader:
+            shard_options, batch_size: int, endless: bool = False) -> grain.DataLoader:
+  """grain's loader; an `endless` (training) stream read by several processes is reordered
+  with `ProcessBatchOrder`, so its global batches are one process's."""
   if worker_count < 0:
     raise ValueError(f"worker_count must be >= 0, got {worker_count}")
+  if endless and shard_options is not None and shard_options.shard_count > 1:
+    sampler = ProcessBatchOrder(sampler, batch_size=batch_size,
+                                shard_count=shard_options.shard_count, worker_count=worker_count)
   if worker_count > 0 and not flags.FLAGS.is_parsed():
     # grain's worker processes read its absl flags, which fail unless parsed; outside an
     # absl app (tests, notebooks) the defaults are what we want.
@@ -843,7 +880,7 @@ def source_train_loader(split, *, batch_size: int, image_size: tuple[int, int],
                                       label_map=label_map, features=features,
                                       crop_size=crop_size, strong_view=strong_view),
                  worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-                 shard_options=shard_options, batch_size=batch_size)
+                 shard_options=shard_options, batch_size=batch_size, endless=True)
 
 
 def target_train_loader(split, labeled_masks: LabeledMasks, *, batch_size: int,
@@ -897,7 +934,7 @@ def target_train_loader(split, labeled_masks: LabeledMasks, *, batch_size: int,
                                       crop_size=crop_size, strong_view=strong_view,
                                       bought_labels=bought_labels),
                  worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-                 shard_options=shard_options, batch_size=batch_size)
+                 shard_options=shard_options, batch_size=batch_size, endless=True)
 
 
 def _padded_pass(split, operations, *, batch_size: int, num_devices: int | None,
@@ -995,5 +1032,10 @@ def pass_batches(num_examples: int, batch_size: int,
 def restore_iterator(loader: grain.DataLoader, state: bytes) -> Any:
   """A fresh iterator of `loader` positioned at a saved `iterator.get_state()`."""
   iterator = iter(loader)
-  iterator.set_state(state)
+  try:
+    iterator.set_state(state)
+  except ValueError as error:
+    raise ValueError(f"{error}\nThe saved data position belongs to a loader that reads "
+                     "another data order: resume with the data, data.worker_count and number "
+                     "of processes the run started with") from error
   return iterator
