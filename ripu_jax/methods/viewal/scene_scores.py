@@ -1,15 +1,17 @@
 """A round's scene scores, computed for several scenes at once, one per device of the mesh.
 
-The acquirer hands over scenes as their frames come in; `score_scenes` pads a group of them
-to one [frames, superpixels] shape, splits the group over the mesh's data axis
-(`sharding.put_global_batch`, as RIPU's rounds place their batches) and computes per scene in
-one program: the region view entropy and view divergence (or the entropy baseline's region
-mean), the superpixel sizes, and the overlap relation from the dataset's coverage table or
-from the frames. A group of `mesh.size` scenes keeps every device busy with one scene.
+The acquirer hands over scenes as their frames come in; `score_scenes` pads a group of
+`mesh.size` of them to one [frames, superpixels] shape, splits the group over the mesh's data
+axis (`sharding.put_global_batch`, as RIPU's rounds place their batches), and each device
+runs the one-scene program `scoring.round_scores` on its scene (under `shard_map`): the
+region view entropy and view divergence (or the entropy baseline's region mean), the
+superpixel sizes, and the overlap relation from the dataset's coverage table or from the
+frames. Every process of a multi-host run gets every scene's results.
 
 Padding changes no result: padded frames have depth 0, so they are never lifted and, as
 targets, keep nothing; padded superpixels are absent (size 0); a padded scene is padding
-throughout. Results are cut back to each scene's own shape before they are returned.
+throughout. Results are cut back to each scene's own shape, bit for bit those of scoring the
+scene alone.
 """
 
 from __future__ import annotations
