@@ -75,9 +75,12 @@ def build_splits(config: ml_collections.ConfigDict) -> catalog.RunSplits:
 def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
   pretrained = config.model.pretrained or None
   if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
+    backbone, script = (("MobileNetV2", "convert_torchvision_mobilenet.py")
+                        if "mobilenet" in config.model.name else
+                        ("ResNet", "convert_torchvision_resnet.py"))
     raise MissingFileError(
         f"model.pretrained={pretrained!r} does not exist. Convert torchvision's ImageNet "
-        "ResNet-101 with scripts/convert_torchvision_resnet.py (see the README), or pass "
+        f"{backbone} with scripts/{script} (see the README), or pass "
         "--config.model.pretrained='' to start from random weights")
   return models.build_model(
       config.model.name, config_lib.num_classes(config), rngs=nnx.Rngs(config.seed),

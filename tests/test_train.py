@@ -137,6 +137,10 @@ def test_missing_pretrained_weights(tmp_path):
   config.model.pretrained = str(tmp_path / "resnet101.npz")
   with pytest.raises(FileNotFoundError, match="convert_torchvision_resnet"):
     train.Trainer(config, str(tmp_path / "run"))
+  config.model.name = "deeplabv3plus_mobilenet"
+  with pytest.raises(FileNotFoundError,
+                     match="ImageNet MobileNetV2 with scripts/convert_torchvision_mobilenet"):
+    train.build_model(config)
 
 
 def test_smoke_run_rounds_exports_metrics_and_resume(tmp_path):
