@@ -669,6 +669,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   path = os.path.join(trainer.workdir, "final.json")
   if trainer.primary and (trainer.did_work or not os.path.exists(path)):
     exports.write_json(path, {"step": trainer.step, **(summary or {})}, indent=1)
+  if trainer.primary and not trainer.did_work and summary:
+    print(f"{trainer.workdir} holds a finished run: step {trainer.step}, mIoU "
+          f"{summary['miou']:.1f} on target val (final.json); give another --workdir to train "
+          "again", flush=True)
   return summary
 
 

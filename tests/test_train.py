@@ -143,7 +143,7 @@ def test_missing_pretrained_weights(tmp_path):
     train.build_model(config)
 
 
-def test_smoke_run_rounds_exports_metrics_and_resume(tmp_path):
+def test_smoke_run_rounds_exports_metrics_and_resume(tmp_path, capsys):
   workdir = str(tmp_path / "run")
   config = tiny_config()
   summary = train.train_and_evaluate(config, workdir)
@@ -182,8 +182,11 @@ def test_smoke_run_rounds_exports_metrics_and_resume(tmp_path):
     np.testing.assert_array_equal(mask > 0, square_union(mask.shape, np.array(entry["picks"]), 1))
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
   # Rerunning a finished run changes nothing and reports the same result.
+  capsys.readouterr()
   again = train.train_and_evaluate(config, workdir)
   assert again["miou"] == summary["miou"]
+  assert (f"holds a finished run: step {config.num_steps}, mIoU {summary['miou']:.1f} on "
+          "target val") in capsys.readouterr().out
   assert read_metrics(workdir) == records
   assert ledger_of(workdir) == ledger
 
