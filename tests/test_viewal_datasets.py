@@ -562,3 +562,12 @@ def test_matterport_finder_cameras_units_and_lists(matterport_fake, tmp_path):
   shutil.rmtree(os.path.join(no_conf, "v1", "scans", HOUSES[1], "undistorted_camera_parameters"))
   with pytest.raises(manual.ManualDataError, match=f"camera parameters of 1 house.*{HOUSES[1]}"):
     datasets.find_matterport3d(manual.FileTree(no_conf))
+
+
+def test_a_run_on_a_missing_scannet_suggests_viewals_synthetic_rooms(tmp_path):
+  with pytest.raises(catalog.DatasetNotPreparedError) as error:
+    catalog.open_run_splits(None, "scannet", data_dir=str(tmp_path))
+  text = str(error.value)
+  assert "python -m ripu_jax.methods.viewal.prepare --dataset scannet" in text
+  assert text.endswith("Or try the method without downloads: python -m ripu_jax.main "
+                       "--config configs/viewal/synthetic.py --workdir /tmp/viewal")

@@ -54,9 +54,9 @@ RESERVED_KEYS = ("image", "label", "name", "index", "valid", "label_size")
 LABEL_SPACES: Registry[labels_lib.LabelSpace] = Registry("label space")
 DATASETS: Registry["DatasetSpec"] = Registry("dataset")
 
-# Shown when a run's dataset is missing: the benchmark that needs no download.
-DEMO_HINT = ("Or try the method without downloads: python -m ripu_jax.main "
-             "--config configs/demo.py --workdir /tmp/ripu_demo")
+# Shown when a run's dataset is missing: the benchmark that needs no download (a dataset's
+# `try_without_downloads` may name its own method's).
+DEMO_ARGS = "--config configs/demo.py --workdir /tmp/ripu_demo"
 
 
 class DatasetNotPreparedError(MissingFileError):
@@ -91,6 +91,8 @@ class DatasetSpec:
       and a `name` property naming its prepared folder), or None.
     sizes: split -> examples of the full dataset; `prepare` warns when a prepared split holds
       another count (a partial download). Empty: not checked.
+    try_without_downloads: `ripu_jax.main` arguments of a run of the method this dataset
+      serves on data that needs no download, suggested when the dataset is missing.
   """
 
   name: str
@@ -106,6 +108,7 @@ class DatasetSpec:
   opener: Callable[..., Any] | None = None
   config_type: type | None = None
   sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  try_without_downloads: str = DEMO_ARGS
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -323,7 +326,9 @@ def open_run_splits(source: str | None, target: str, *,
     return RunSplits(open_(source, SOURCE) if source else None, open_(target, TARGET_TRAIN),
                      open_(target, TARGET_VAL))
   except DatasetNotPreparedError as error:
-    raise DatasetNotPreparedError(f"{error}\n{DEMO_HINT}") from None
+    demo = DATASETS.get(target).try_without_downloads if target in DATASETS else DEMO_ARGS
+    raise DatasetNotPreparedError(f"{error}\nOr try the method without downloads: "
+                                  f"python -m ripu_jax.main {demo}") from None
 
 
 # ----------------------------------------------------------------------------- label spaces

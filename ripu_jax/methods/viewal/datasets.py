@@ -1190,7 +1190,8 @@ PREPARE_COMMAND = "ripu_jax.methods.viewal.prepare"  # the command line (`main`)
 
 def dataset_specs() -> list[catalog.DatasetSpec]:
   """The catalogue entries of the four datasets (`register_datasets` adds them)."""
-  common = dict(splits=SPLITS, roles=ROLES, features=FEATURES)
+  common = dict(splits=SPLITS, roles=ROLES, features=FEATURES, try_without_downloads=(
+      "--config configs/viewal/synthetic.py --workdir /tmp/viewal"))
   return [
       catalog.DatasetSpec(name=SYNTHETIC, label_space=SYNTHETIC_SPACE.name,
                           builder=f"{_MODULE}:ViewalSyntheticBuilder", opener=_open_synthetic,
