@@ -132,6 +132,10 @@ def test_missing_prepared_data_says_how_to_prepare(tmp_path):
   text = str(error.value)
   assert "needs no download" in text and "--seed 4" in text and "--height 32" in text
   assert "configs/demo.py" in text
+  with pytest.raises(catalog.DatasetNotPreparedError) as error:  # ELN's semi-supervised set
+    catalog.open_run_splits(None, "voc_aug", data_dir=str(tmp_path))
+  assert str(error.value).endswith("python -m ripu_jax.main --config configs/eln/demo_semi.py "
+                                   "--workdir /tmp/eln_demo")
 
 
 class _ToySplit:

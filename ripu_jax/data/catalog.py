@@ -393,7 +393,8 @@ register(DatasetSpec(
     name="voc_aug", splits=tuple(manual.VOC_AUG_SIZES),
     roles={TARGET_TRAIN: "train", TARGET_VAL: "val"}, label_space="voc",
     builder="ripu_jax.data.builders:VocAug", finder=manual.find_voc_aug,
-    label_loader=manual.load_voc_ids, help=manual.VOC_AUG_HELP, sizes=manual.VOC_AUG_SIZES))
+    label_loader=manual.load_voc_ids, help=manual.VOC_AUG_HELP, sizes=manual.VOC_AUG_SIZES,
+    try_without_downloads="--config configs/eln/demo_semi.py --workdir /tmp/eln_demo"))
 register(DatasetSpec(
     name="synthetic", splits=synthetic_lib.SPLITS,
     roles={SOURCE: synthetic_lib.SOURCE_TRAIN, TARGET_TRAIN: synthetic_lib.TARGET_TRAIN,
