@@ -44,8 +44,8 @@ class Scene:
   probs: np.ndarray | None = None  # float [F, H, W, C] mean MC-dropout softmax
   coverage: np.ndarray | None = None  # float [F, S, F, S] the dataset's stored table
 
-  @property
-  def num_superpixels(self) -> int:
+  @functools.cached_property
+  def num_superpixels(self) -> int:  # read per scene and per frame: one pass over the ids
     return int(self.superpixels.max()) + 1
 
 
