@@ -31,6 +31,10 @@ class MissingFileError(UserError, FileNotFoundError):
   """A file or folder the config points to does not exist."""
 
 
+class MissingWeightsError(MissingFileError, ValueError):
+  """A pretrained weights file that does not exist (the message says how to convert it)."""
+
+
 class WorkdirError(UserError, RuntimeError):
   """The workdir cannot host this run (in use, another config, no path)."""
 

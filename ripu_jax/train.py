@@ -53,7 +53,7 @@ from ripu_jax import sharding
 from ripu_jax import workdir as workdir_lib
 from ripu_jax.acquisition.acquirers import ACQUIRERS, RoundPool, RoundResult
 from ripu_jax.checkpoints import Checkpoints
-from ripu_jax.errors import ConfigError, MissingFileError, NonFiniteError
+from ripu_jax.errors import ConfigError, MissingFileError, MissingWeightsError, NonFiniteError
 from ripu_jax.image_ops import upsample_to_labels
 from ripu_jax.data import catalog
 from ripu_jax.data import pipeline
@@ -74,18 +74,15 @@ def build_splits(config: ml_collections.ConfigDict) -> catalog.RunSplits:
 
 def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
   pretrained = config.model.pretrained or None
-  if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
-    backbone, script = (("MobileNetV2", "convert_torchvision_mobilenet.py")
-                        if "mobilenet" in config.model.name else
-                        ("ResNet", "convert_torchvision_resnet.py"))
-    raise MissingFileError(
-        f"model.pretrained={pretrained!r} does not exist. Convert torchvision's ImageNet "
-        f"{backbone} with scripts/{script} (see the README), or pass "
-        "--config.model.pretrained='' to start from random weights")
-  return models.build_model(
-      config.model.name, config_lib.num_classes(config), rngs=nnx.Rngs(config.seed),
-      pretrained=os.path.expanduser(pretrained) if pretrained else None,
-      dtype=config.model.dtype, **objectives.model_kwargs(config))
+  try:
+    return models.build_model(
+        config.model.name, config_lib.num_classes(config), rngs=nnx.Rngs(config.seed),
+        pretrained=os.path.expanduser(pretrained) if pretrained else None,
+        dtype=config.model.dtype, **objectives.model_kwargs(config))
+  except MissingWeightsError as error:  # the model's backbone names its converter
+    raise MissingWeightsError(f"model.pretrained: {error} (see the README), or pass "
+                              "--config.model.pretrained='' to start from random weights"
+                              ) from None
 
 
 def _has_steps(directory: str) -> bool:

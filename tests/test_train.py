@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -138,8 +139,11 @@ def test_missing_pretrained_weights(tmp_path):
   with pytest.raises(FileNotFoundError, match="convert_torchvision_resnet"):
     train.Trainer(config, str(tmp_path / "run"))
   config.model.name = "deeplabv3plus_mobilenet"
-  with pytest.raises(FileNotFoundError,
-                     match="ImageNet MobileNetV2 with scripts/convert_torchvision_mobilenet"):
+  config.model.kwargs = ml_collections.ConfigDict(dict(width_multiplier=0.25, channels=16,
+                                                       low_channels=8))
+  with pytest.raises(FileNotFoundError, match="ImageNet mobilenet_v2 .*with "
+                     "scripts/convert_torchvision_mobilenet.py.*pretrained='' to start from "
+                     "random weights"):
     train.build_model(config)
 
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ripu_jax.errors import MissingWeightsError
 from ripu_jax.models.layers import BatchNorm, Conv, FrozenBatchNorm
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
@@ -90,6 +91,6 @@ def read_npz(path: str | os.PathLike, how_to_make: str) -> dict[str, np.ndarray]
   `how_to_make` it."""
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise ValueError(f"pretrained weights file {path!r} does not exist; {how_to_make}")
+    raise MissingWeightsError(f"pretrained weights file {path!r} does not exist; {how_to_make}")
   with np.load(path, allow_pickle=False) as archive:
     return {key: archive[key] for key in archive.files}
