@@ -73,8 +73,8 @@ def write_tables(directory: str, splits, *, progress: bool = False) -> int:
   return len(todo)
 
 
-def read_table(split, scene_id: int, distance_threshold: float, prepare_hint: str
-               ) -> np.ndarray:
+def read_table(split, scene_id: int, distance_threshold: float = DISTANCE_THRESHOLD, *,
+               prepare_hint: str) -> np.ndarray:
   """The stored table of one scene of a prepared split (its `directory` holds the dataset);
   computed from the frames instead when `distance_threshold` is not the stored one's.
   prepare_hint: the command that writes missing tables, for the error."""

@@ -1153,20 +1153,13 @@ def _open_prepared(spec: catalog.DatasetSpec, split: str, data_dir, **options) -
     raise catalog.DatasetNotPreparedError(_own_command(str(err))) from None
   config = spec.config_from_options(options) if spec.config_type is not None else None
   hint = _own_command(reader.prepare_command(spec.name, data_dir, config))
-  opened.scene_coverage = functools.partial(_stored_coverage, opened, prepare_hint=hint)
+  opened.scene_coverage = functools.partial(coverage_lib.read_table, opened, prepare_hint=hint)
   return opened
 
 
 def _own_command(text: str) -> str:
   """`text` with the generic prepare command replaced by this module's."""
   return text.replace("-m ripu_jax.data.prepare ", f"-m {PREPARE_COMMAND} ")
-
-
-def _stored_coverage(split, scene_id: int,
-                     distance_threshold: float = coverage_lib.DISTANCE_THRESHOLD, *,
-                     prepare_hint: str) -> np.ndarray:
-  """A prepared split's `scene_coverage`: the table stored with the dataset."""
-  return coverage_lib.read_table(split, scene_id, distance_threshold, prepare_hint)
 
 
 def _open_synthetic(spec: catalog.DatasetSpec, split: str, *, data_dir=None,
